@@ -1,0 +1,51 @@
+"""``akece-webhooks``: the one command-line entry point. Each stage registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from services import __version__
+from services.admin import cli as admin_cli
+from services.delivery import cli as delivery_cli
+from services.publisher import cli as publisher_cli
+from services.replay import cli as replay_cli
+from services.router import cli as router_cli
+from services.shared import cli as shared_cli
+from services.shared.errors import AkeceError
+
+Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+REGISTRARS: tuple[Register, ...] = (
+    shared_cli.register,
+    publisher_cli.register,
+    admin_cli.register,
+    router_cli.register,
+    delivery_cli.register,
+    replay_cli.register,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="akece-webhooks", description="Akece's webhook delivery pipeline on Kafka.")
+    top.add_argument("--version", action="version", version=f"akece-webhooks {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except AkeceError as exc:
+        print(f"akece-webhooks: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

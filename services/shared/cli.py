@@ -1,0 +1,31 @@
+"""Shared subcommands: ``kafka start|stop|status|reset`` and ``topics ensure``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.shared import kafka
+from services.shared.settings import Settings
+from services.shared.topics import topic_specs
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from services.shared.kafka_local import add_kafka_parser
+
+    add_kafka_parser(sub)
+    topics = sub.add_parser("topics", help="manage the pipeline's topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    ensure = topics_sub.add_parser("ensure", help="create every topic the pipeline uses (idempotent)")
+    ensure.set_defaults(func=ensure_command)
+
+
+def ensure_command(_: argparse.Namespace) -> int:
+    settings = Settings()
+    result = asyncio.run(kafka.ensure_topics(settings))
+    specs = {s.name: s for s in topic_specs(settings)}
+    for name in sorted(result):
+        spec = specs[name]
+        policy = spec.config.get("cleanup.policy", "delete")
+        print(f"{result[name]:8} {name:40} partitions={spec.partitions:<3} {policy:8} {spec.purpose}")
+    return 0

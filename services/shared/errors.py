@@ -1,0 +1,58 @@
+"""The error tree. Each class says whether retrying can help.
+
+    AkeceError
+    ├── ConfigError                 permanent: fix the settings
+    ├── KafkaUnavailableError       retriable: the broker is down or unreachable
+    ├── ValidationError             permanent: the input is wrong (names the field)
+    └── DeliveryError               an attempt failed; ``retriable`` says what to do
+        ├── HttpStatusError         retriable unless 410 Gone; carries status, Retry-After, body excerpt
+        ├── TransportError          retriable: timeout, refused, reset, DNS, TLS
+        └── BlockedDestinationError permanent: the network guard refused the address
+"""
+
+from __future__ import annotations
+
+
+class AkeceError(Exception):
+    retriable = False
+
+
+class ConfigError(AkeceError):
+    pass
+
+
+class KafkaUnavailableError(AkeceError):
+    retriable = True
+
+
+class ValidationError(AkeceError):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DeliveryError(AkeceError):
+    retriable = True
+    error_class = "error"
+
+
+class HttpStatusError(DeliveryError):
+    error_class = "http_status"
+
+    def __init__(self, status: int, body: bytes = b"", retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.retriable = status != 410
+
+
+class TransportError(DeliveryError):
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+class BlockedDestinationError(DeliveryError):
+    retriable = False
+    error_class = "blocked_destination"

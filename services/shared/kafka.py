@@ -1,0 +1,132 @@
+"""Kafka clients built from settings, and the idempotent topic ensure.
+
+Every stage builds its producers, consumers and admin client here, so the client options that
+matter for correctness (idempotence, acks=all, manual commits, ``earliest`` for new groups) are set
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from services.shared.errors import KafkaUnavailableError
+from services.shared.settings import Settings
+from services.shared.topics import TopicSpec, topic_specs
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all) with compression and a small linger."""
+    kafka = settings.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "enable_idempotence": True,
+        "acks": "all",
+        "compression_type": None if kafka.compression == "none" else kafka.compression,
+        "linger_ms": kafka.linger_ms,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with manual commits, reading new groups from the earliest offset."""
+    kafka = settings.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(1000, kafka.session_timeout_ms // 4),
+        "rebalance_timeout_ms": kafka.rebalance_timeout_ms,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=settings.kafka.client_id,
+        request_timeout_ms=settings.kafka.request_timeout_ms,
+    )
+
+
+async def _close(client: Any) -> None:
+    """Producers and consumers ``stop()``; the admin client ``close()``s."""
+    await (client.stop() if hasattr(client, "stop") else client.close())
+
+
+@asynccontextmanager
+async def started(client: Any) -> AsyncIterator[Any]:
+    """Start a producer/consumer/admin client and stop it on exit, whatever happens."""
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        await _close(client)
+        raise KafkaUnavailableError(f"cannot reach Kafka at {client_bootstrap(client)}: {exc}") from exc
+    try:
+        yield client
+    finally:
+        await _close(client)
+
+
+def client_bootstrap(client: Any) -> str:
+    servers = getattr(getattr(client, "_client", None), "_bootstrap_servers", "?")
+    return servers if isinstance(servers, str) else ",".join(map(str, servers))
+
+
+async def send(producer_: AIOKafkaProducer, topic: str, value: bytes | None, *, key: bytes | None,
+               headers: list[tuple[str, bytes]], timeout: float) -> Any:
+    """Produce one record and await its acknowledgement, bounded (an idempotent send can wait forever)."""
+    future = await producer_.send(topic, value=value, key=key, headers=headers)
+    return await asyncio.wait_for(future, timeout)
+
+
+async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> dict[str, str]:
+    """Create topics that do not exist. Returns name -> ``created`` | ``exists``."""
+    specs = list(specs)
+    client = admin(settings)
+    async with started(client):
+        new = [NewTopic(s.name, s.partitions, settings.kafka.replication_factor, topic_configs=s.config)
+               for s in specs]
+        response = await client.create_topics(new, timeout_ms=settings.kafka.request_timeout_ms)
+    result: dict[str, str] = {}
+    for name, code, *rest in response.topic_errors:
+        if code == 0:
+            result[name] = "created"
+        elif code == TOPIC_ALREADY_EXISTS:
+            result[name] = "exists"
+        else:
+            message = rest[0] if rest else ""
+            raise KafkaUnavailableError(f"cannot create topic {name}: error {code} {message}")
+    return result
+
+
+async def ensure_topics(settings: Settings) -> dict[str, str]:
+    """Create every topic the pipeline uses (idempotent)."""
+    return await create_topics(settings, topic_specs(settings))
+
+
+async def end_offsets(consumer_: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    partitions = consumer_.partitions_for_topic(topic) or set()
+    if not partitions:
+        await consumer_._client.force_metadata_update()  # a fresh client knows no partitions yet
+        partitions = consumer_.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    return dict(await consumer_.end_offsets(tps)) if tps else {}

@@ -1,0 +1,38 @@
+"""structlog setup: JSON lines when stdout is not a terminal, readable console output otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from services.shared.settings import Settings
+
+
+def configure(settings: Settings | None = None, *, level: str | None = None, fmt: str | None = None) -> None:
+    level = (level or (settings.log_level if settings else "info")).upper()
+    fmt = fmt or (settings.log_format if settings else "auto")
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    numeric = logging.getLevelName(level)
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

@@ -1,0 +1,197 @@
+"""The one settings model. Environment variables use the ``AKECE_`` prefix; groups nest with ``_``.
+
+``AKECE_KAFKA_BOOTSTRAP_SERVERS`` sets ``kafka.bootstrap_servers``, ``AKECE_API_PORT`` sets
+``api.port``, ``AKECE_RETRY_SCHEDULE=1,2`` sets ``retry.schedule``. The README's configuration
+table is generated from this module (``python -m services.shared.settings``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers (host:port, comma-separated)."
+    )
+    client_id: str = Field("akece-webhooks", description="Client id reported to the brokers.")
+    partitions: int = Field(6, ge=1, description="Partitions of the pipeline topics created by `topics ensure`.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    request_timeout_ms: int = Field(30_000, ge=1000, description="Kafka request timeout.")
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="Upper bound on waiting for a produce acknowledgement (the broker may be down)."
+    )
+    compression: str = Field("lz4", description="Producer compression: none, gzip, lz4 or zstd.")
+    linger_ms: int = Field(5, ge=0, description="Producer linger: how long a batch may wait to fill.")
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
+    rebalance_timeout_ms: int = Field(
+        60_000, ge=1000, description="Consumer rebalance timeout; above the drain budget of a revocation."
+    )
+    events_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="Retention of the events topic (recover reads from it)."
+    )
+    dlq_retention_ms: int = Field(30 * 24 * 3600 * 1000, description="Retention of the dead-letter topic.")
+    attempts_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="Retention of the attempt log topic."
+    )
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("0.0.0.0", description="Address the management API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the management API.")
+    admin_token: SecretStr | None = Field(
+        None, description="Token that may act on every account (header api_access_token or Bearer)."
+    )
+    account_tokens: SecretStr | None = Field(
+        None,
+        description="Per-account tokens: `account_id:token` pairs, comma-separated, or `@/path/file` "
+        "with one pair per line.",
+    )
+    secret_overlap_s: int = Field(
+        24 * 3600, ge=0, description="How long a rotated-out signing secret keeps signing."
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body the API accepts.")
+
+
+class HttpSettings(BaseModel):
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of a delivery attempt.")
+    total_timeout_s: float = Field(15.0, gt=0, description="Total timeout of a delivery attempt.")
+    max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="Most of a response body read and kept for the attempt record."
+    )
+    header_prefix: str = Field(
+        "X-Chatwoot", description="Prefix of the Chatwoot-compatible headers (-Delivery, -Timestamp, -Signature)."
+    )
+    pool_size: int = Field(512, ge=1, description="Most open connections of the shared HTTP pool.")
+
+
+class RetrySettings(BaseModel):
+    schedule: Annotated[list[float], NoDecode] = Field(
+        list(DEFAULT_RETRY_SCHEDULE),
+        description="Delays in seconds before each retry, comma-separated; one retry topic per distinct delay.",
+    )
+    jitter: float = Field(0.2, ge=0, le=1, description="Relative jitter applied to each retry delay (0.2 = ±20%).")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("schedule")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(delay <= 0 for delay in value):
+            raise ValueError("retry schedule must be a non-empty list of positive seconds")
+        return value
+
+
+class DeliverySettings(BaseModel):
+    max_in_flight: int = Field(
+        10_000, ge=1, description="Records a worker holds in memory; past it, fetching pauses."
+    )
+    max_concurrency: int = Field(512, ge=1, description="Concurrent HTTP requests per worker process.")
+    per_webhook_concurrency: int = Field(
+        10, ge=1, description="Bulkhead: concurrent requests to one webhook per worker."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="How long in-flight deliveries may finish after SIGTERM."
+    )
+    auto_disable_after_s: int = Field(
+        5 * 24 * 3600, ge=60, description="A webhook failing without a success this long is disabled."
+    )
+
+
+class CircuitSettings(BaseModel):
+    failure_threshold: int = Field(
+        20, ge=1, description="Consecutive failures that open a webhook's circuit."
+    )
+    open_s: float = Field(30.0, gt=0, description="How long an open circuit waits before a half-open probe.")
+
+
+class RouterSettings(BaseModel):
+    validation: str = Field(
+        "structural", description="Event validation on routing: `full` (pydantic models) or `structural`."
+    )
+    max_event_bytes: int = Field(1024 * 1024, ge=1024, description="Largest event body routed.")
+    batch_size: int = Field(2000, ge=1, description="Most records fetched per routing batch.")
+
+
+class MetricsSettings(BaseModel):
+    host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
+    port: int = Field(9100, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AKECE_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    topic_prefix: str = Field("akece", description="Prefix of every topic name.")
+    allowed_private_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs exempt from the private-network guard (comma-separated), e.g. 127.0.0.0/8 in development.",
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: str = Field("auto", description="`json`, `console`, or `auto` (JSON when stdout is not a terminal).")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)  # type: ignore[arg-type]
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)  # type: ignore[arg-type]
+    router: RouterSettings = Field(default_factory=RouterSettings)  # type: ignore[arg-type]
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+
+    @field_validator("allowed_private_cidrs", mode="before")
+    @classmethod
+    def _parse_cidrs(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("allowed_private_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+def _rows(model: type[BaseModel], env: str, path: str) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += _rows(annotation, f"{env}{name.upper()}_", f"{path}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None else ",".join(map(str, default)) if isinstance(default, list) else default
+        rows.append(f"| `{env}{name.upper()}` | `{shown}` | {field.description} |")
+    return rows
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the model."""
+    head = ["| variable | default | meaning |", "|---|---|---|"]
+    return "\n".join(head + _rows(Settings, "AKECE_", "")) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(markdown_table())

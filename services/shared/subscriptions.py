@@ -1,0 +1,242 @@
+"""Webhook subscriptions: records in a compacted Kafka topic, replayed into an in-memory table.
+
+Every process that needs subscriptions (API, router, delivery workers, CLI) builds the same
+``SubscriptionTable``: it reads ``akece.webhooks.subscriptions`` from the beginning to the end
+offsets taken at start (no consumer group), marks itself ready, then follows updates. Writes go
+through ``SubscriptionStore``: produce (idempotent, acks=all), then wait until this process's table
+has applied that offset, so a read right after a write sees it (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets as random_secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel, Field, TypeAdapter
+
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.settings import Settings
+from services.shared.topics import Topics
+
+log = logs.get("subscriptions")
+
+_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+_RANDOM_BITS = 11
+
+
+def new_webhook_id() -> int:
+    """Milliseconds since 2024 (41 bits) and 11 random bits: unique without a counter, < 2**53."""
+    return ((int(time.time() * 1000) - _EPOCH_MS) << _RANDOM_BITS) | random_secrets.randbits(_RANDOM_BITS)
+
+
+def new_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(random_secrets.token_bytes(32)).decode()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SigningSecret(BaseModel):
+    secret: str = Field(description="whsec_ + base64 of 32 random bytes")
+    created_at: str
+    expires_at: float | None = Field(None, description="Unix time after which it no longer signs")
+
+
+class Webhook(BaseModel):
+    """A webhook as stored in the subscriptions topic (secrets included: that topic is private)."""
+
+    id: int
+    account_id: int
+    name: str | None = None
+    url: str
+    subscriptions: list[str]
+    enabled: bool = True
+    disabled_reason: str | None = None
+    created_at: str
+    updated_at: str
+    secrets: list[SigningSecret] = Field(default_factory=list)
+    connect_timeout_s: float | None = None
+    total_timeout_s: float | None = None
+
+    def active_secrets(self, now: float) -> list[str]:
+        """Secrets that sign at ``now``, newest first."""
+        live = [s for s in self.secrets if s.expires_at is None or s.expires_at > now]
+        return [s.secret for s in sorted(live, key=lambda s: s.created_at, reverse=True)]
+
+    def current_secret(self, now: float) -> str | None:
+        active = self.active_secrets(now)
+        return active[0] if active else None
+
+
+_WEBHOOK = TypeAdapter(Webhook)
+
+
+def encode_webhook(webhook: Webhook) -> bytes:
+    return orjson.dumps(webhook.model_dump(mode="json"))
+
+
+def decode_webhook(value: bytes) -> Webhook:
+    return _WEBHOOK.validate_json(value)
+
+
+class SubscriptionTable:
+    """In-memory view of the subscriptions topic. ``matching()`` is O(1) in the number of accounts."""
+
+    def __init__(self, settings: Settings, *, on_change: Callable[[SubscriptionTable], None] | None = None) -> None:
+        self._settings = settings
+        self._topic = Topics.from_settings(settings).subscriptions
+        self._by_id: dict[int, Webhook] = {}
+        self._by_account: dict[int, dict[int, Webhook]] = defaultdict(dict)
+        self._index: dict[str, dict[str, tuple[Webhook, ...]]] = {}  # account -> event -> webhooks
+        self._applied: dict[int, int] = {}  # partition -> next offset to apply
+        self._progress = asyncio.Condition()
+        self._ready = asyncio.Event()
+        self._on_change = on_change
+        self.name = "subscriptions"
+
+    # --- reads -----------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def get(self, webhook_id: int) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    def all(self) -> list[Webhook]:
+        return list(self._by_id.values())
+
+    def for_account(self, account_id: int) -> list[Webhook]:
+        return sorted(self._by_account.get(account_id, {}).values(), key=lambda w: w.id)
+
+    def matching(self, account_id: str | int, event: str) -> tuple[Webhook, ...]:
+        """Enabled webhooks of ``account_id`` subscribed to ``event``."""
+        return self._index.get(str(account_id), {}).get(event, ())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # --- applying the log --------------------------------------------------------------------
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one record of the topic: a webhook record, or a tombstone (``None``) deleting it."""
+        if key is None:
+            return
+        webhook_id = int(key)
+        old = self._by_id.pop(webhook_id, None)
+        if old is not None:
+            self._by_account[old.account_id].pop(webhook_id, None)
+            self._reindex(old.account_id)
+        if value is None:
+            return
+        webhook = decode_webhook(value)
+        self._by_id[webhook_id] = webhook
+        self._by_account[webhook.account_id][webhook_id] = webhook
+        self._reindex(webhook.account_id)
+
+    def _reindex(self, account_id: int) -> None:
+        hooks = sorted(self._by_account.get(account_id, {}).values(), key=lambda w: w.id)
+        by_event: dict[str, tuple[Webhook, ...]] = {}
+        for event in {e for w in hooks if w.enabled for e in w.subscriptions}:
+            by_event[event] = tuple(w for w in hooks if w.enabled and event in w.subscriptions)
+        if by_event:
+            self._index[str(account_id)] = by_event
+        else:
+            self._index.pop(str(account_id), None)
+
+    async def _apply_batch(self, records: Iterable[Any]) -> None:
+        for record in records:
+            try:
+                self.apply(record.key, record.value)
+            except ValueError as exc:  # a record that is not a webhook: skip it, loudly
+                log.error("subscriptions.bad_record", offset=record.offset, error=str(exc)[:300])
+            self._applied[record.partition] = record.offset + 1
+        async with self._progress:
+            self._progress.notify_all()
+        if self._on_change is not None:
+            self._on_change(self)
+
+    async def wait_applied(self, partition: int, offset: int, timeout: float = 10.0) -> None:
+        """Wait until the record at ``offset`` of ``partition`` has been applied."""
+        async with self._progress:
+            await asyncio.wait_for(
+                self._progress.wait_for(lambda: self._applied.get(partition, 0) > offset), timeout)
+
+    # --- following the topic -----------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Catch up with the topic, mark ready, then follow it until ``stop``."""
+        consumer = kafka.consumer(self._settings, group_id=None, auto_offset_reset="earliest",
+                                  max_poll_records=5000, fetch_max_wait_ms=100)
+        async with kafka.started(consumer):
+            targets = await self._assign(consumer)
+            started = time.monotonic()
+            stop_task = asyncio.ensure_future(stop.wait())
+            try:
+                while not stop.is_set():
+                    if not self._ready.is_set() and self._caught_up(targets):
+                        self._ready.set()
+                        log.info("subscriptions.ready", webhooks=len(self._by_id),
+                                 seconds=round(time.monotonic() - started, 3))
+                    fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=500))
+                    await asyncio.wait({fetch, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not fetch.done():
+                        fetch.cancel()
+                        break
+                    for records in fetch.result().values():
+                        await self._apply_batch(records)
+            finally:
+                stop_task.cancel()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> dict[int, int]:
+        ends = await kafka.end_offsets(consumer, self._topic)
+        if not ends:
+            raise kafka.KafkaUnavailableError(f"topic {self._topic} does not exist: run `akece-webhooks topics ensure`")
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    def _caught_up(self, targets: dict[int, int]) -> bool:
+        return all(self._applied.get(p, 0) >= end for p, end in targets.items() if end > 0)
+
+
+class SubscriptionStore:
+    """Writes webhook records to the compacted topic and waits until the local table has them."""
+
+    def __init__(self, settings: Settings, table: SubscriptionTable, producer: AIOKafkaProducer) -> None:
+        self._settings = settings
+        self._table = table
+        self._producer = producer
+        self._topic = Topics.from_settings(settings).subscriptions
+
+    async def put(self, webhook: Webhook) -> Webhook:
+        await self._write(str(webhook.id).encode(), encode_webhook(webhook))
+        return webhook
+
+    async def delete(self, webhook_id: int) -> None:
+        await self._write(str(webhook_id).encode(), None)
+
+    async def _write(self, key: bytes, value: bytes | None) -> None:
+        meta = await kafka.send(self._producer, self._topic, value, key=key, headers=[],
+                                timeout=self._settings.kafka.send_timeout_s)
+        await self._table.wait_applied(meta.partition, meta.offset)
+
+    async def set_enabled(self, webhook_id: int, enabled: bool, reason: str | None) -> Webhook | None:
+        """Enable or disable a webhook, recording why. ``None`` if it no longer exists."""
+        current = self._table.get(webhook_id)
+        if current is None:
+            return None
+        updated = current.model_copy(update={"enabled": enabled, "disabled_reason": None if enabled else reason,
+                                             "updated_at": now_iso()})
+        return await self.put(updated)
+
