@@ -61,7 +61,7 @@ class _AnyOf:
 
     def __init__(self, message: str, *choices: CoreSchema) -> None:
         self._message = message
-        self._choices = list(choices)
+        self._choices: list[CoreSchema | tuple[CoreSchema, str]] = list(choices)
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.union_schema(
@@ -154,7 +154,7 @@ class Sender(Contact):
 
 
 class Attachment(Payload):
-    """A message attachment; type-specific keys (``data_url``, ``coordinates_lat``...) pass through."""
+    """A message attachment; type-specific keys (``coordinates_lat``, ``fallback_title``...) pass through."""
 
     id: Id | None = None
     message_id: Id | None = None
@@ -455,13 +455,16 @@ def check_event_structure(event_type: str, body: bytes) -> dict[str, Any]:
     return payload
 
 
-def account_id_of(payload: dict[str, Any]) -> str | None:
-    """The account a payload belongs to: ``account.id``, else in ``conversation`` or ``user``."""
-    for holder in (payload, payload.get("conversation"), payload.get("user")):
-        found = _account_id_in(holder)
-        if found is not None:
-            return found
-    return None
+def account_id_of(payload: dict[str, Any], event_type: str | None = None) -> str | None:
+    """The account a payload belongs to: its ``account.id``.
+
+    Typing events (or a payload naming no event) may instead carry it in ``conversation.account``
+    or ``user.account``. ``event_type`` defaults to the payload's ``event``.
+    """
+    found = _account_id_in(payload)
+    if found is None and _may_nest_account(event_type or payload.get("event")):
+        found = _account_id_in(payload.get("conversation")) or _account_id_in(payload.get("user"))
+    return found
 
 
 def conversation_key_of(payload: dict[str, Any], event_type: str | None = None) -> str | None:
@@ -484,9 +487,11 @@ def _known_adapter(event_type: str) -> TypeAdapter[BaseModel]:
 
 
 def _require_account(event_type: str, payload: dict[str, Any]) -> None:
-    if account_id_of(payload) is None:
-        message = "Payload should identify its account (account.id, or in conversation or user)"
-        raise EventValidationError(event_type, "account", message)
+    if account_id_of(payload, event_type) is None:
+        where = "account.id, conversation.account.id or user.account.id"
+        if event_type not in _TYPING_EVENTS:
+            where = "account.id"
+        raise EventValidationError(event_type, "account", f"Payload should identify its account in {where}")
 
 
 def _from_pydantic(event_type: str, exc: PydanticValidationError) -> EventValidationError:
@@ -497,10 +502,12 @@ def _from_pydantic(event_type: str, exc: PydanticValidationError) -> EventValida
 
 
 def _path_text(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
-    return path
+    """``("messages", 0, "private")`` -> ``"messages[0].private"``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _may_nest_account(event: object) -> bool:
+    return event is None or event in _TYPING_EVENTS
 
 
 def _account_id_in(holder: object) -> str | None:

@@ -202,9 +202,10 @@ def _message_created(ids: _Ids) -> Json:
 def _message_updated(ids: _Ids) -> Json:
     """An agent's private note, edited."""
     note = "Cliente pediu entrega no sábado às 10h. Confirmar com a cozinha até sexta."
-    body = {**_message(ids), "id": _MESSAGE_ID + 2, "content": note, "created_at": "2024-04-07T10:03:45.870Z"}
+    body = {**_message(ids), "id": _MESSAGE_ID + 2, "content": note, "message_type": "outgoing"}
     body.pop("attachments")
-    return {**body, "message_type": "outgoing", "private": True, "sender": _agent(), "event": "message_updated"}
+    edited = {"created_at": "2024-04-07T10:03:45.870Z", "private": True, "sender": _agent()}
+    return {**body, **edited, "event": "message_updated"}
 
 
 def _conversation_created(ids: _Ids) -> Json:
@@ -296,14 +297,16 @@ def _inbox_updated(ids: _Ids) -> Json:
 
 def _conversation_typing_on(ids: _Ids) -> Json:
     """An agent types (users carry no account: it comes from the conversation)."""
-    conversation = _conversation(ids)
-    return {"event": "conversation_typing_on", "user": _agent(), "conversation": conversation, "is_private": False}
+    return _typing("conversation_typing_on", _agent(), ids)
 
 
 def _conversation_typing_off(ids: _Ids) -> Json:
     """The contact stopped typing."""
-    conversation = _conversation(ids)
-    return {"event": "conversation_typing_off", "user": _contact(ids), "conversation": conversation, "is_private": False}
+    return _typing("conversation_typing_off", _contact(ids), ids)
+
+
+def _typing(event: str, user: Json, ids: _Ids) -> Json:
+    return {"event": event, "user": user, "conversation": _conversation(ids), "is_private": False}
 
 
 _BUILDERS: Final[dict[str, Callable[[_Ids], Json]]] = {
@@ -323,7 +326,10 @@ _BUILDERS: Final[dict[str, Callable[[_Ids], Json]]] = {
 
 
 def example(event: str, account_id: int | str = 1, conversation_id: int | str = 1, **overrides: Any) -> Json:
-    """A fresh payload of ``event`` for that account and conversation; ``overrides`` replace top-level keys."""
+    """A fresh payload of ``event`` for that account and conversation.
+
+    ``overrides`` replace top-level keys. Raises ``ValueError`` for an unknown event.
+    """
     try:
         build = _BUILDERS[event]
     except KeyError:
