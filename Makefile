@@ -47,7 +47,7 @@ openapi: install
 	$(PY) -m services.admin.openapi
 
 config-table: install
-	$(PY) -m services.shared.settings docs/configuration.md
+	$(PY) -m services.shared.settings README.md
 
 bench: install tools
 	$(PY) -m bench

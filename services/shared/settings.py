@@ -191,7 +191,17 @@ def markdown_table() -> str:
     return "\n".join(head + _rows(Settings, "AKECE_", "")) + "\n"
 
 
+START, END = "<!-- config:start -->", "<!-- config:end -->"
+
+
+def render_readme(text: str) -> str:
+    """``text`` (the README) with its configuration table regenerated between the markers."""
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{markdown_table()}{END}{tail}"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table())
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(markdown_table())
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    readme.write_text(render_readme(readme.read_text()))
+    sys.stdout.write(f"configuration table written to {readme}\n")
