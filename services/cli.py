@@ -12,6 +12,8 @@ from services.delivery import cli as delivery_cli
 from services.publisher import cli as publisher_cli
 from services.replay import cli as replay_cli
 from services.router import cli as router_cli
+from services import run as run_cli
+from services import demo as demo_cli
 from services.shared import cli as shared_cli
 from services.shared.errors import AkeceError
 
@@ -23,6 +25,8 @@ REGISTRARS: tuple[Register, ...] = (
     router_cli.register,
     delivery_cli.register,
     replay_cli.register,
+    run_cli.register,
+    demo_cli.register,
 )
 
 

@@ -93,7 +93,9 @@ def decode_webhook(value: bytes) -> Webhook:
 class SubscriptionTable:
     """In-memory view of the subscriptions topic. ``matching()`` is O(1) in the number of accounts."""
 
-    def __init__(self, settings: Settings, *, on_change: Callable[[SubscriptionTable], None] | None = None) -> None:
+    OnChange = Callable[["SubscriptionTable"], None]
+
+    def __init__(self, settings: Settings, *, on_change: OnChange | None = None) -> None:
         self._settings = settings
         self._topic = Topics.from_settings(settings).subscriptions
         self._by_id: dict[int, Webhook] = {}

@@ -1,0 +1,81 @@
+"""The composition root: ``akece-webhooks run --role all|api|router|delivery``.
+
+Every role runs under the one supervisor with the subscription table it needs. ``all`` runs api,
+router and delivery in one process (development, small installs); production runs each role as its
+own process and scales by instance count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.metrics import Metrics
+from services.shared.runtime import Supervisor, Worker, run_async
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+
+ROLES = ("api", "router", "delivery")
+
+
+def table_metrics(metrics: Metrics) -> SubscriptionTable.OnChange:
+    def update(table: SubscriptionTable) -> None:
+        webhooks = table.all()
+        metrics.subscriptions.set(len(webhooks))
+        metrics.webhooks_disabled.set(sum(1 for w in webhooks if not w.enabled))
+
+    return update
+
+
+def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionTable, store: SubscriptionStore,
+                  metrics: Metrics) -> list[Worker]:
+    workers: list[Worker] = [table]
+    if "api" in roles:
+        from services.admin.app import ApiWorker
+
+        workers.append(ApiWorker(settings, table, store, metrics))
+    if "router" in roles:
+        from services.router.worker import RouterWorker
+
+        workers.append(RouterWorker(settings, table, metrics))
+    if "delivery" in roles:
+        from services.delivery.worker import DeliveryWorker
+
+        workers.append(DeliveryWorker(settings, table, store, metrics))
+    return workers
+
+
+async def run_roles(settings: Settings, roles: Sequence[str], *, registry: CollectorRegistry | None = None,
+                    stop: asyncio.Event | None = None, install_signals: bool = True) -> int:
+    """Run ``roles`` until a signal (or ``stop``). Returns the process exit code."""
+    metrics = Metrics(registry or CollectorRegistry())
+    table = SubscriptionTable(settings, on_change=table_metrics(metrics))
+    producer = kafka.producer(settings)
+    async with kafka.started(producer):
+        store = SubscriptionStore(settings, table, producer)
+        supervisor = Supervisor(
+            build_workers(settings, roles, table, store, metrics), metrics=metrics,
+            metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
+            shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)
+        return await supervisor.run(install_signals=install_signals)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="run pipeline roles under one supervisor")
+    run.add_argument("--role", action="append", choices=[*ROLES, "all"],
+                     help="role(s) to run; repeat for several (default: all)")
+    run.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    roles = ROLES if not args.role or "all" in args.role else tuple(args.role)
+    settings = Settings()
+    logs.configure(settings)
+    logs.get("run").info("run.starting", roles=list(roles), metrics_port=settings.metrics.port,
+                         api_port=settings.api.port if "api" in roles else None)
+    return run_async(run_roles(settings, roles))
