@@ -7,13 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from services import __version__
+from services import demo as demo_cli
+from services import run as run_cli
 from services.admin import cli as admin_cli
 from services.delivery import cli as delivery_cli
 from services.publisher import cli as publisher_cli
 from services.replay import cli as replay_cli
 from services.router import cli as router_cli
-from services import run as run_cli
-from services import demo as demo_cli
 from services.shared import cli as shared_cli
 from services.shared.errors import AkeceError
 

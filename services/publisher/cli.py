@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -58,7 +59,7 @@ def prepare_all(payloads: list[Any], source: str) -> tuple[list[OutgoingEvent], 
 
 
 def publish_command(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
         events, errors = prepare_all(parse_payloads(text), args.source)
     except ValidationError as exc:

@@ -65,6 +65,9 @@ class ApiSettings(BaseModel):
         24 * 3600, ge=0, description="How long a rotated-out signing secret keeps signing."
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body the API accepts.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="How long in-flight API requests may finish after SIGTERM."
+    )
 
 
 class HttpSettings(BaseModel):
@@ -150,14 +153,14 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("auto", description="`json`, `console`, or `auto` (JSON when stdout is not a terminal).")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
-    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
-    delivery: DeliverySettings = Field(default_factory=DeliverySettings)  # type: ignore[arg-type]
-    circuit: CircuitSettings = Field(default_factory=CircuitSettings)  # type: ignore[arg-type]
-    router: RouterSettings = Field(default_factory=RouterSettings)  # type: ignore[arg-type]
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("allowed_private_cidrs", mode="before")
     @classmethod
