@@ -41,10 +41,14 @@ class WorkerState:
         self.error: str | None = None
 
 
-def health_routes(app: web.Application, states: Sequence[WorkerState], registry: CollectorRegistry) -> None:
+def health_routes(app: web.Application, states: Sequence[WorkerState], registry: CollectorRegistry,
+                  metrics_: Metrics | None = None) -> None:
     """Add ``/metrics``, ``/healthz`` and ``/readyz`` to an aiohttp application."""
 
     async def metrics(_: web.Request) -> web.Response:
+        if metrics_ is not None:
+            for state in states:
+                metrics_.worker_ready.labels(state.worker.name).set(int(state.alive and state.worker.ready()))
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -94,7 +98,7 @@ class Supervisor:
 
     async def _serve_health(self) -> web.AppRunner:
         app = web.Application()
-        health_routes(app, self.states, self.metrics.registry)
+        health_routes(app, self.states, self.metrics.registry, self.metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.metrics_host, self.metrics_port, reuse_address=True)
