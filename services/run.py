@@ -62,6 +62,10 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
             build_workers(settings, roles, table, store, metrics), metrics=metrics,
             metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
             shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)
+        for worker in supervisor.states:
+            bind = getattr(worker.worker, "bind_health", None)
+            if bind is not None:  # the API serves /healthz and /readyz of the whole process
+                bind(supervisor.states)
         return await supervisor.run(install_signals=install_signals)
 
 

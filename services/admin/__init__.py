@@ -1,0 +1,8 @@
+"""The management API stage: Chatwoot-compatible webhook CRUD over the compacted subscriptions topic.
+
+- ``app``: ``create_app(settings, table, store, metrics)`` and the ``ApiWorker`` (name ``api``).
+- ``routes``: the route table and thin handlers; ``openapi`` builds the checked-in ``openapi.json``.
+- ``service``: create/update/delete/rotate shared by the API and the CLI; ``webhook_view`` (masking).
+- ``validation``: Chatwoot's 422 messages as pure functions; ``auth``: tokens and principals.
+- ``cli``: ``akece-webhooks api`` and ``akece-webhooks webhooks list|create|update|delete|rotate-secret``.
+"""

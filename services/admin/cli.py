@@ -1,9 +1,185 @@
-"""Subcommands of this stage (placeholder until the stage lands)."""
+"""``akece-webhooks api`` and ``akece-webhooks webhooks list|create|update|delete|rotate-secret``.
+
+The ``webhooks`` commands talk to Kafka through the same table and store as the API (and the same
+validation and network guard), so they work without the API running. They print a table by
+default and JSON with ``--json``; create and rotate-secret show the signing secret once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from services.admin.service import WebhookService, webhook_view
+from services.admin.validation import Invalid
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.netguard import NetworkGuard
+from services.shared.runtime import run_async
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+
+READY_TIMEOUT_S = 60.0
+EXIT_REFUSED = 2
+EXIT_NOT_FOUND = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this stage's subcommands."""
+    api = sub.add_parser("api", help="run the webhook management API (with its subscription table)")
+    api.set_defaults(func=api_command)
+
+    hooks = sub.add_parser("webhooks", help="manage webhooks directly in Kafka (no API needed)")
+    actions = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list webhooks")
+    listing.add_argument("--account", type=int, help="only this account")
+    create = actions.add_parser("create", help="create a webhook (prints its secret once)")
+    create.add_argument("--account", type=int, required=True)
+    create.add_argument("--url", required=True)
+    update = actions.add_parser("update", help="change a webhook")
+    update.add_argument("id", type=int)
+    update.add_argument("--url")
+    for action in (create, update):
+        action.add_argument("--name")
+        action.add_argument("--subscriptions", help="comma-separated events (create: the eight defaults)")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    state.add_argument("--disable", dest="enabled", action="store_false")
+    update.add_argument("--reason", help="disabled_reason with --disable (default disabled_by_api)")
+    delete = actions.add_parser("delete", help="delete a webhook")
+    delete.add_argument("id", type=int)
+    rotate = actions.add_parser("rotate-secret", help="new signing secret; the old one signs for the overlap")
+    rotate.add_argument("id", type=int)
+    rotate.add_argument("--overlap-s", type=float, help="default: AKECE_API_SECRET_OVERLAP_S")
+    for action in (listing, create, update, delete, rotate):
+        action.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        action.set_defaults(func=webhooks_command)
+
+
+# --- api ---------------------------------------------------------------------------------------
+def api_command(_: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings)
+    return run_async(serve_api(settings))
+
+
+async def serve_api(settings: Settings, *, stop: asyncio.Event | None = None,
+                    install_signals: bool = True) -> int:
+    """Run the subscription table and the API under the supervisor until a signal (or ``stop``)."""
+    from services.run import run_roles
+
+    return await run_roles(settings, ("api",), stop=stop, install_signals=install_signals)
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[WebhookService]:
+    """A service over a caught-up table and a started producer, for one command."""
+    stop = asyncio.Event()
+    async with kafka.started(kafka.producer(settings)) as producer:
+        table = SubscriptionTable(settings)
+        following = asyncio.create_task(table.run(stop))
+        try:
+            ready = asyncio.create_task(table.wait_ready())
+            await asyncio.wait({following, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            if following.done():
+                following.result()  # the table failed (e.g. topic missing): raise its error
+            if not ready.done():
+                ready.cancel()
+                raise TimeoutError(f"the subscription table did not catch up within {READY_TIMEOUT_S:g}s")
+            yield WebhookService(table, SubscriptionStore(settings, table, producer),
+                                 NetworkGuard(settings.allowed_private_cidrs),
+                                 secret_overlap_s=settings.api.secret_overlap_s)
+        finally:
+            stop.set()
+            await following
+
+
+def webhooks_command(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings, level="warning")
+    return asyncio.run(_webhooks(settings, args))
+
+
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with opened(settings) as service:
+        try:
+            result = await _dispatch(service, args)
+        except Invalid as exc:
+            print(f"refused: {exc.message}", file=sys.stderr)
+            return EXIT_REFUSED
+        if result is None:
+            print(f"webhook {args.id} not found", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        reveal = args.webhooks_command in ("create", "rotate-secret")
+        _print(result, service.now(), reveal=reveal, as_json=args.json)
+    return 0
+
+
+Result = list[Webhook] | Webhook | bool | None
+
+
+async def _dispatch(service: WebhookService, args: argparse.Namespace) -> Result:
+    """list -> webhooks; create, update, rotate-secret -> the webhook; delete -> True; None: not found."""
+    command = args.webhooks_command
+    if command == "list":
+        hooks = service.table.all() if args.account is None else service.for_account(args.account)
+        return sorted(hooks, key=lambda w: (w.account_id, w.id))
+    if command == "create":
+        return await service.create(args.account, _body(args))
+    existing = service.table.get(args.id)
+    if existing is None:
+        return None
+    if command == "update":
+        return await service.update(existing.account_id, args.id, _body(args))
+    if command == "delete":
+        return await service.delete(existing.account_id, args.id) or None
+    return await service.rotate_secret(existing.account_id, args.id, args.overlap_s)
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for field in ("url", "name"):
+        if getattr(args, field, None) is not None:
+            body[field] = getattr(args, field)
+    if args.subscriptions is not None:
+        body["subscriptions"] = [e.strip() for e in args.subscriptions.split(",") if e.strip()]
+    if getattr(args, "enabled", None) is not None:
+        body["enabled"] = args.enabled
+        if args.reason:
+            body["disabled_reason"] = args.reason
+    return body
+
+
+def _print(result: list[Webhook] | Webhook | bool, now: float, *, reveal: bool, as_json: bool) -> None:
+    if isinstance(result, bool):
+        print(orjson.dumps({"deleted": True}).decode() if as_json else "deleted")
+    elif isinstance(result, Webhook):
+        view = webhook_view(result, now, reveal=reveal)
+        print(orjson.dumps(view).decode() if as_json else format_table([view], with_secret=reveal))
+    else:
+        views = [webhook_view(w, now) for w in result]
+        print(orjson.dumps(views).decode() if as_json else format_table(views))
+
+
+def format_table(hooks: Sequence[dict[str, Any]], *, with_secret: bool = False) -> str:
+    columns = ["id", "account_id", "enabled", "name", "url", "subscriptions", *(["secret"] if with_secret else [])]
+    rows = [[_cell(h, c) for c in columns] for h in hooks]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in [columns, *rows]]
+    return "\n".join(lines)
+
+
+def _cell(hook: dict[str, Any], column: str) -> str:
+    value = hook.get(column)
+    if column == "subscriptions":
+        return ",".join(value or [])
+    if column == "enabled" and not value:
+        return f"no ({hook.get('disabled_reason')})"
+    return "" if value is None else "yes" if value is True else str(value)

@@ -24,18 +24,31 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
 from services.shared.topics import Topics
 
 log = logs.get("subscriptions")
 
+TOPIC_WAIT_S = 10.0  # how long a starting table waits for its topic to appear in the metadata
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 _RANDOM_BITS = 11
 
 
+_last_id = 0
+
+
 def new_webhook_id() -> int:
-    """Milliseconds since 2024 (41 bits) and 11 random bits: unique without a counter, < 2**53."""
-    return ((int(time.time() * 1000) - _EPOCH_MS) << _RANDOM_BITS) | random_secrets.randbits(_RANDOM_BITS)
+    """Milliseconds since 2024 (41 bits) and 11 random bits: unique without a central counter, < 2**53.
+
+    Strictly increasing within a process (a burst borrows the next milliseconds), so one process
+    never draws the same id twice; two processes collide only when they draw the same random bits
+    in the same millisecond (1 in 2048), which creating webhooks at human rates makes negligible.
+    """
+    global _last_id
+    drawn = ((int(time.time() * 1000) - _EPOCH_MS) << _RANDOM_BITS) | random_secrets.randbits(_RANDOM_BITS)
+    _last_id = max(drawn, _last_id + 1)
+    return _last_id
 
 
 def new_secret() -> str:
@@ -104,6 +117,7 @@ class SubscriptionTable:
         self._applied: dict[int, int] = {}  # partition -> next offset to apply
         self._progress = asyncio.Condition()
         self._ready = asyncio.Event()
+        self._stopped = False  # set when run() returns: writers stop waiting for it
         self._on_change = on_change
         self.name = "subscriptions"
 
@@ -133,47 +147,65 @@ class SubscriptionTable:
     # --- applying the log --------------------------------------------------------------------
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Apply one record of the topic: a webhook record, or a tombstone (``None``) deleting it."""
+        for account_id in self._apply(key, value):
+            self._reindex(account_id)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> set[int]:
+        """Apply one record without reindexing; returns the accounts whose index is now stale."""
         if key is None:
-            return
+            return set()
         webhook_id = int(key)
+        webhook = None if value is None else decode_webhook(value)  # a bad record changes nothing
+        touched: set[int] = set()
         old = self._by_id.pop(webhook_id, None)
         if old is not None:
             self._by_account[old.account_id].pop(webhook_id, None)
-            self._reindex(old.account_id)
-        if value is None:
-            return
-        webhook = decode_webhook(value)
-        self._by_id[webhook_id] = webhook
-        self._by_account[webhook.account_id][webhook_id] = webhook
-        self._reindex(webhook.account_id)
+            if not self._by_account[old.account_id]:
+                del self._by_account[old.account_id]
+            touched.add(old.account_id)
+        if webhook is not None:
+            self._by_id[webhook_id] = webhook
+            self._by_account[webhook.account_id][webhook_id] = webhook
+            touched.add(webhook.account_id)
+        return touched
 
     def _reindex(self, account_id: int) -> None:
         hooks = sorted(self._by_account.get(account_id, {}).values(), key=lambda w: w.id)
-        by_event: dict[str, tuple[Webhook, ...]] = {}
-        for event in {e for w in hooks if w.enabled for e in w.subscriptions}:
-            by_event[event] = tuple(w for w in hooks if w.enabled and event in w.subscriptions)
+        by_event: dict[str, list[Webhook]] = {}
+        for webhook in hooks:  # one pass over the account's subscriptions, in id order
+            if webhook.enabled:
+                for event in dict.fromkeys(webhook.subscriptions):
+                    by_event.setdefault(event, []).append(webhook)
         if by_event:
-            self._index[str(account_id)] = by_event
+            self._index[str(account_id)] = {event: tuple(found) for event, found in by_event.items()}
         else:
             self._index.pop(str(account_id), None)
 
     async def _apply_batch(self, records: Iterable[Any]) -> None:
+        stale: set[int] = set()  # reindex each touched account once per batch, not once per record
         for record in records:
             try:
-                self.apply(record.key, record.value)
+                stale |= self._apply(record.key, record.value)
             except ValueError as exc:  # a record that is not a webhook: skip it, loudly
                 log.error("subscriptions.bad_record", offset=record.offset, error=str(exc)[:300])
             self._applied[record.partition] = record.offset + 1
+        for account_id in stale:
+            self._reindex(account_id)
         async with self._progress:
             self._progress.notify_all()
         if self._on_change is not None:
             self._on_change(self)
 
+    # The bound is part of the read-your-writes contract (a write never waits forever), hence the parameter.
     async def wait_applied(self, partition: int, offset: int, timeout: float = 10.0) -> None:
-        """Wait until the record at ``offset`` of ``partition`` has been applied."""
+        """Wait until the record at ``offset`` of ``partition`` has been applied.
+
+        Returns early once the table has stopped following (shutdown): the write is durable in
+        Kafka, and a request still in flight during shutdown should finish rather than time out.
+        """
         async with self._progress:
-            await asyncio.wait_for(
-                self._progress.wait_for(lambda: self._applied.get(partition, 0) > offset), timeout)
+            await asyncio.wait_for(self._progress.wait_for(
+                lambda: self._stopped or self._applied.get(partition, 0) > offset), timeout)
 
     # --- following the topic -----------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -199,11 +231,19 @@ class SubscriptionTable:
                         await self._apply_batch(records)
             finally:
                 stop_task.cancel()
+                self._stopped = True
+                async with self._progress:
+                    self._progress.notify_all()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[int, int]:
         ends = await kafka.end_offsets(consumer, self._topic)
+        deadline = time.monotonic() + TOPIC_WAIT_S
+        while not ends and time.monotonic() < deadline:  # a just-created topic reaches metadata late
+            await asyncio.sleep(0.2)
+            ends = await kafka.end_offsets(consumer, self._topic)
         if not ends:
-            raise kafka.KafkaUnavailableError(f"topic {self._topic} does not exist: run `akece-webhooks topics ensure`")
+            raise KafkaUnavailableError(
+                f"topic {self._topic} does not exist: run `akece-webhooks topics ensure`")
         consumer.assign(list(ends))
         await consumer.seek_to_beginning(*ends)
         return {tp.partition: offset for tp, offset in ends.items()}
@@ -238,7 +278,7 @@ class SubscriptionStore:
         current = self._table.get(webhook_id)
         if current is None:
             return None
-        updated = current.model_copy(update={"enabled": enabled, "disabled_reason": None if enabled else reason,
-                                             "updated_at": now_iso()})
+        updated = current.model_copy(update={
+            "enabled": enabled, "disabled_reason": None if enabled else reason, "updated_at": now_iso()})
         return await self.put(updated)
 
