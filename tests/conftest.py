@@ -17,6 +17,8 @@ from services.shared.settings import Settings
 from services.shared.topics import Topics
 from tests.kafka_broker import broker_for_tests
 
+pytest_plugins = ["tests.receiver"]  # the programmable webhook receiver: a `receiver` fixture
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:

@@ -1,9 +1,274 @@
-"""Subcommands of this stage (placeholder until the stage lands)."""
+"""``dlq list|show|replay``, ``recover`` and ``status``: the SRE's tools for what failed.
+
+Output for people goes to stdout (tables, plans, summaries; ``--json`` for scripts); progress and
+logs go to stderr. Exit codes: 0 done (or dry run / nothing to do), 1 aborted or not found, 3
+refused (already replayed, or running elsewhere), 2 an error (bad input, Kafka unreachable).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import structlog
+
+from services.replay import render
+from services.replay import status as status_mod
+from services.replay.attempts import delivery_attempts
+from services.replay.dlq import DlqFilter, find_dead_letters, list_dead_letters
+from services.replay.engine import Options, Plan, ReplayRefusedError, Summary
+from services.replay.ledger import Ledger
+from services.replay.progress import Progress
+from services.replay.recover import recover
+from services.replay.replay import replay
+from services.replay.window import Window, reader
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.errors import ValidationError
+from services.shared.runtime import run_async
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.topics import Topics
+
+EXIT_ABORTED = 1
+EXIT_REFUSED = 3
+TABLE_READY_S = 30.0
+DEFAULT_SINCE = "24h"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this stage's subcommands."""
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="list dead letters of a time window")
+    _filters(listing)
+    listing.add_argument("--limit", type=int, default=100, help="newest N shown (0: all; default 100)")
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    listing.set_defaults(func=_sync(list_command))
+
+    show = actions.add_parser("show", help="one dead letter in full: body, headers, attempts, webhook state")
+    show.add_argument("delivery_id")
+    show.add_argument("--since", default="30d", help="how far back to look (default 30d)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_sync(show_command))
+
+    again = actions.add_parser("replay", help="re-enqueue matching dead letters (once)")
+    _filters(again)
+    _run_flags(again)
+    again.set_defaults(func=_sync(replay_command))
+
+    rec = sub.add_parser("recover", help="re-fan-out one webhook's events from the events topic")
+    rec.add_argument("--webhook", type=int, required=True)
+    rec.add_argument("--since", required=True, help="ISO-8601 or relative (2h, 30m, 7d)")
+    rec.add_argument("--until", help="ISO-8601 or relative (default: now)")
+    _run_flags(rec)
+    rec.set_defaults(func=_sync(recover_command))
+
+    stat = sub.add_parser("status", help="one screen for the on-call: lag, retry tiers, DLQ, disabled webhooks")
+    stat.add_argument("--json", action="store_true")
+    stat.add_argument("--max-scan", type=int, default=status_mod.DEFAULT_MAX_SCAN,
+                      help="most DLQ records read to count reasons")
+    stat.set_defaults(func=_sync(status_command))
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--account", help="account id (comma-separated for several)")
+    parser.add_argument("--webhook", help="webhook id (comma-separated for several)")
+    parser.add_argument("--event", help="event name (comma-separated for several)")
+    parser.add_argument("--reason", help="DLQ reason, e.g. exhausted, webhook_disabled (comma-separated)")
+    parser.add_argument("--since", default=DEFAULT_SINCE, help="ISO-8601 or relative: 2h, 30m, 7d (default 24h)")
+    parser.add_argument("--until", help="ISO-8601 or relative (default: now)")
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="count and show a sample; send nothing")
+    parser.add_argument("--rate", type=parse_rate, help="records per second, e.g. 200 or 200/s (default: unthrottled)")
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--enable", action="store_true", help="re-enable disabled webhooks first")
+    parser.add_argument("--force", action="store_true", help="send again what an earlier run already re-enqueued")
+    parser.add_argument("--checkpoint-every", type=int, default=2000, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print the plan and summary as JSON")
+
+
+def parse_rate(text: str) -> float:
+    value = text.strip().removesuffix("/s")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: use N or N/s") from None
+    if rate <= 0:
+        raise argparse.ArgumentTypeError("rate must be positive")
+    return rate
+
+
+def _sync(handler: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]],
+          ) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        settings = Settings()
+        logs.configure(settings, level="warning")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+        return run_async(handler(args, settings))
+    return run
+
+
+def _dump(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def _filter_of(args: argparse.Namespace) -> DlqFilter:
+    try:
+        return DlqFilter.of(account=args.account, webhook=args.webhook, event=args.event, reason=args.reason)
+    except ValueError:
+        raise ValidationError("--webhook takes numeric webhook ids", "webhook") from None
+
+
+@asynccontextmanager
+async def running_table(settings: Settings) -> AsyncIterator[SubscriptionTable]:
+    """The subscription table, caught up, followed until the block ends."""
+    table = SubscriptionTable(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(table.run(stop))
+    ready = asyncio.create_task(table.wait_ready())
+    try:
+        await asyncio.wait({task, ready}, timeout=TABLE_READY_S, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises what stopped it
+        if not table.ready():
+            raise TimeoutError("the subscription table did not catch up")
+        yield table
+    finally:
+        ready.cancel()
+        stop.set()
+        if not task.done():
+            await task
+
+
+async def list_command(args: argparse.Namespace, settings: Settings) -> int:
+    listing = await list_dead_letters(settings, _filter_of(args), Window.parse(args.since, args.until),
+                                      limit=args.limit)
+    if args.json:
+        _dump([d.to_json() for d in listing.items])
+        return 0
+    print(render.dead_letter_table(listing.items))
+    shown = len(listing.items)
+    more = f", newest {shown} shown (--limit)" if shown < listing.matched else ""
+    print(f"{listing.matched} matching dead letters{more}; {listing.stats.records} records read")
+    return 0
+
+
+async def show_command(args: argparse.Namespace, settings: Settings) -> int:
+    found = await find_dead_letters(settings, args.delivery_id, Window.parse(args.since, None))
+    if not found:
+        print(f"no dead letter with delivery id {args.delivery_id} since {args.since}", file=sys.stderr)
+        return EXIT_ABORTED
+    dead = found[-1]
+    attempts: list[dict[str, Any]] = []
+    truncated = False
+    if dead.webhook_id is not None:
+        since = (dead.first_attempt_at or dead.dead_lettered_at) - 60
+        async with kafka.started(reader(settings)) as consumer:
+            attempts, truncated = await delivery_attempts(consumer, Topics.from_settings(settings).attempts,
+                                                          dead.webhook_id, dead.delivery_id,
+                                                          since_ms=int(since * 1000))
+    async with running_table(settings) as table:
+        webhook = table.get(dead.webhook_id) if dead.webhook_id is not None else None
+    book = await Ledger.load(settings)
+    replays = [r.id for r in book.of_kind("replay") if r.covers(dead.partition, dead.offset)
+               and DlqFilter.from_json(r.filters).matches(dead) and dead.webhook_id not in r.skipped_webhooks]
+    if args.json:
+        _dump({**dead.to_json(), "headers": dict(render.header_pairs(dead.headers)),
+               "body": render.body_text(dead.value), "last_response": dead.last_response,
+               "attempt_history": attempts, "attempts_truncated": truncated, "dead_letters": len(found),
+               "webhook": webhook.model_dump(mode="json", exclude={"secrets"}) if webhook else None,
+               "replayed_by": replays})
+        return 0
+    print(render.show_text(dead, len(found), attempts, truncated, webhook, replays))
+    return 0
+
+
+def _progress(json_output: bool) -> Callable[[str, int], Progress] | None:
+    return None if json_output else (lambda label, total: Progress(label, total))
+
+
+def _confirm(args: argparse.Namespace, kind: str, filters: dict[str, Any]) -> Callable[[Plan], Awaitable[bool]]:
+    async def confirm(plan: Plan) -> bool:
+        if not args.json:
+            print(render.plan_text(kind, plan, filters))
+            sample = render.sample_table(plan.sample[:5])
+            if sample:
+                print("sample:\n" + sample)
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not confirmed: stdin is not a terminal; pass --yes", file=sys.stderr)
+            return False
+        answer = await asyncio.to_thread(input, f"re-enqueue {plan.total} records to the deliveries topic? [y/N] ")
+        return answer.strip().lower() in {"y", "yes"}
+    return confirm
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(dry_run=args.dry_run, force=args.force, enable=args.enable, rate=args.rate,
+                   checkpoint_every=args.checkpoint_every)
+
+
+def _report(args: argparse.Namespace, kind: str, summary: Summary, filters: dict[str, Any]) -> int:
+    if args.json:
+        _dump(render.summary_json(kind, summary, filters))
+    else:
+        if summary.status in {"dry_run", "refused", "nothing_to_do"}:
+            print(render.plan_text(kind, summary.plan, filters))
+            sample = render.sample_table(summary.plan.sample)
+            if sample and summary.status == "dry_run":
+                print("sample:\n" + sample)
+        print(render.summary_text(summary))
+    return {"refused": EXIT_REFUSED, "aborted": EXIT_ABORTED}.get(summary.status, 0)
+
+
+async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
+    filters = _filter_of(args)
+    window = Window.parse(args.since, args.until)
+    async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
+        store = SubscriptionStore(settings, table, producer)
+        try:
+            summary = await replay(settings, filters, window, lookup=table.get, producer=producer,
+                                   options=_options(args), store=store,
+                                   confirm=_confirm(args, "replay", filters.to_json()),
+                                   progress=_progress(args.json))
+        except ReplayRefusedError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    return _report(args, "replay", summary, filters.to_json())
+
+
+async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
+    window = Window.parse(args.since, args.until)
+    async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
+        webhook = table.get(args.webhook)
+        if webhook is None:
+            print(f"webhook {args.webhook} does not exist", file=sys.stderr)
+            return EXIT_ABORTED
+        filters = {"webhook": webhook.id, "account": webhook.account_id, "events": webhook.subscriptions}
+        store = SubscriptionStore(settings, table, producer)
+        try:
+            summary = await recover(settings, webhook, window, producer=producer, options=_options(args), store=store,
+                                    confirm=_confirm(args, "recover", filters), progress=_progress(args.json))
+        except ReplayRefusedError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    return _report(args, "recover", summary, filters)
+
+
+async def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with running_table(settings) as table:
+        report = await status_mod.collect(settings, table, max_scan=args.max_scan)
+    if args.json:
+        _dump(status_mod.to_json(report))
+    else:
+        print(status_mod.render(report))
+    return 0

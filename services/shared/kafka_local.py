@@ -400,7 +400,7 @@ class LocalKafka:
 
     async def start_async(self, port: int | None = None, data_dir: Path | None = None,
                           controller_port: int | None = None,
-                          timeout: float = 60.0,  # noqa: ASYNC109 - the broker's readiness budget, as in start()
+                          timeout: float = 60.0,
                           ) -> KafkaStatus:
         return await asyncio.to_thread(self.start, port, data_dir, controller_port, timeout)
 

@@ -1,0 +1,216 @@
+"""``python -m bench`` (``make bench``): the pipeline end to end against this machine's limits.
+
+Starts an isolated Kafka broker on free ports in a temporary directory (or uses
+``AKECE_KAFKA_BOOTSTRAP_SERVERS`` when set), measures the machine's bounds, runs each scenario with
+the router and the delivery worker as separate ``akece-webhooks run --role ...`` processes, and
+writes ``bench/results/<date>.json``, ``.md`` and ``.png``.
+
+Workload: ``--webhooks K`` webhooks over K/F accounts, ``--fanout F`` (default 1: every event goes
+to exactly one webhook, the router's costliest case per delivery); each event goes to the F
+webhooks of its account, so a run makes ``--events N`` x F deliveries.
+
+Scenarios: ``instant`` (nginx answers 200 at once), ``slow50`` (an aiohttp receiver answers after
+50 ms), ``hang5`` (5% of the webhooks hang past the delivery timeout, the rest answer at once).
+Each: a backlog of N events drained (sustained deliveries/s), then a paced run at half that rate
+(end-to-end latency: publish → arrival at the receiver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
+from bench.limits import http_probe, kafka_probe
+from bench.receivers import Nginx, PyReceiver
+from services.shared import logging as logs
+from services.shared.kafka_local import BOOTSTRAP_ENV, LocalKafka, PortInUseError, free_port, kafka_version
+
+QUICK = {"events": 10_000, "webhooks": 20, "paced_s": 6.0, "stall_s": 20.0, "probe_s": 3.0, "kafka_records": 20_000}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, help="events published per scenario (default 100000; quick 10000)")
+    p.add_argument("--webhooks", type=int, help="webhooks K (default 100; quick 20)")
+    p.add_argument("--fanout", type=int, default=1, help="webhooks per account F: each event goes to F webhooks")
+    p.add_argument("--scenarios", default="instant,slow50,hang5", help=f"comma-separated of {', '.join(SCENARIOS)}")
+    p.add_argument("--quick", action="store_true", help="a small smoke run (about 1-2 minutes)")
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="results directory")
+    p.add_argument("--paced-s", type=float, help="length of the paced (latency) run (default 20 s; quick 6 s)")
+    p.add_argument("--paced-rate", type=float,
+                   help="deliveries/s of the paced run (default: half the scenario's sustained rate)")
+    p.add_argument("--stall-s", type=float, help="give up a drain after this long without an arrival (default 30)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions of the pipeline topics")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="delivery timeout (AKECE_HTTP_TOTAL_TIMEOUT_S)")
+    p.add_argument("--receiver-procs", type=int, default=1, help="processes of the Python (slow) receiver")
+    p.add_argument("--router-procs", type=int, default=1, help="router processes")
+    p.add_argument("--delivery-procs", type=int, default=1, help="delivery processes")
+    p.add_argument("--log-level", default="info", help="AKECE_LOG_LEVEL of the pipeline (the environment wins)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the router and delivery processes while they drain (raw stacks and a "
+                        "summary under <out>/profiles/)")
+    p.add_argument("--skip-limits", action="store_true", help="do not measure the machine's bounds")
+    p.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, broker data)")
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    for key in ("events", "webhooks", "paced_s", "stall_s"):
+        if getattr(args, key) is None:
+            setattr(args, key, QUICK[key] if args.quick else {"events": 100_000, "webhooks": 100,
+                                                                "paced_s": 20.0, "stall_s": 30.0}[key])
+    unknown = [s for s in args.scenarios.split(",") if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}: choose from {', '.join(SCENARIOS)}")
+    if args.fanout < 1 or args.webhooks % args.fanout:
+        p.error("--webhooks must be a multiple of --fanout")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+@contextlib.contextmanager
+def broker(work: Path) -> Iterator[tuple[str, int | None, str]]:
+    """(bootstrap, broker pid or None, Kafka version): the configured cluster or an isolated local broker."""
+    external = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if external:
+        say(f"using Kafka at {external} ({BOOTSTRAP_ENV})")
+        yield external, None, "external"
+        return
+    kafka = LocalKafka(work / "kafka")
+    say("starting an isolated Kafka broker...")
+    for attempt in range(3):
+        try:
+            status = kafka.start(port=free_port(), controller_port=free_port())
+            break
+        except PortInUseError:
+            if attempt == 2:
+                raise
+    try:
+        assert status.bootstrap is not None
+        say(f"broker {status.bootstrap} (pid {status.pid})")
+        yield status.bootstrap, status.pid, kafka_version()
+    finally:
+        kafka.stop()
+
+
+def machine(kafka: str) -> dict[str, Any]:
+    import aiohttp
+    import aiokafka
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    try:
+        from importlib.metadata import version
+
+        uv: str | None = version("uvloop")
+    except ImportError:  # importlib.metadata.PackageNotFoundError
+        uv = None
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(mem_kb / 1024 / 1024),
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "aiokafka": aiokafka.__version__, "aiohttp": aiohttp.__version__, "uvloop": uv, "kafka": kafka}
+
+
+def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, work: Path) -> dict[str, Any]:
+    records = int(QUICK["kafka_records"] if args.quick else min(args.events, 100_000))
+    seconds = QUICK["probe_s"] if args.quick else 8.0
+    say(f"limit (a): aiokafka produce-then-consume of {records:,} records...")
+    limits: dict[str, Any] = {"kafka": kafka_probe(bootstrap, records=records, partitions=args.partitions,
+                                                         broker_pid=broker_pid)}
+    say(f"  {limits['kafka']['per_s']:,} records/s (produce {limits['kafka']['produce_per_s']:,}/s, "
+        f"consume {limits['kafka']['consume_per_s']:,}/s)")
+    receivers: dict[str, Any] = {}
+    with Nginx(work / "limits-nginx", free_port()) as nginx:
+        say("limit (b): aiohttp POST loop, 64 concurrent, against nginx...")
+        http = http_probe(f"{nginx.url}/hooks/probe", concurrency=64, seconds=seconds, receiver_pids=nginx.pids)
+    limits["http"] = http
+    say(f"  {http['per_s']:,} requests/s; nginx {http['receiver_cpu_us_per_request']} µs CPU/request")
+    receivers["nginx, answers at once (1 worker)"] = {
+        "capacity_per_s": http["receiver_capacity_per_core"],
+        "detail": f"from its CPU while serving (b): {http['receiver_cpu_us_per_request']} µs/request, one core"}
+    if "slow50" in args.scenarios.split(","):
+        concurrency = int(os.environ.get("AKECE_DELIVERY_MAX_CONCURRENCY", "512")) * args.delivery_procs
+        with PyReceiver(work / "limits-py", free_port(), procs=args.receiver_procs) as py:
+            say(f"receiver capacity: aiohttp receiver answering after 50 ms, {concurrency} concurrent...")
+            slow = http_probe(f"{py.url}/slow/50/probe", concurrency=concurrency, seconds=seconds,
+                              receiver_pids=py.pids)
+        cpu_bound = (slow["receiver_capacity_per_core"] or 0) * args.receiver_procs
+        receivers[f"aiohttp, answers after 50 ms ({args.receiver_procs} process)"] = {
+            "capacity_per_s": min(cpu_bound, concurrency / 0.05) if cpu_bound else None,
+            "detail": f"{slow['per_s']:,}/s measured with {concurrency} concurrent (client-bound); "
+                      f"{slow['receiver_cpu_us_per_request']} µs CPU/request",
+            "measured": slow}
+        say(f"  {slow['per_s']:,}/s measured; {slow['receiver_cpu_us_per_request']} µs CPU/request")
+    limits["receivers"] = receivers
+    return limits
+
+
+async def run_scenarios(args: argparse.Namespace, config: RunConfig) -> list[dict[str, Any]]:
+    results = []
+    for name in args.scenarios.split(","):
+        say(f"scenario {name}: {SCENARIOS[name].title}")
+        results.append(await ScenarioRun(config, SCENARIOS[name], say).run())
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logs.configure(level="warning")  # this process's own clients (subscription table, publisher)
+    work = Path(tempfile.mkdtemp(prefix="akece-bench-"))
+    started = time.time()
+    date = time.strftime("%Y-%m-%d")
+    try:
+        with broker(work) as (bootstrap, broker_pid, kafka):
+            limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
+            config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
+                               webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
+                               stall_s=args.stall_s, partitions=args.partitions,
+                               receiver_procs=args.receiver_procs, router_procs=args.router_procs,
+                               delivery_procs=args.delivery_procs, timeout_s=args.timeout_s, seed=args.seed,
+                               paced_rate=args.paced_rate,
+                               profile_dir=args.out / "profiles" if args.profile else None,
+                               env={"AKECE_LOG_LEVEL": args.log_level})
+            scenarios = asyncio.run(run_scenarios(args, config))
+    finally:
+        if args.keep_work:
+            say(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    sample = Workload.plan(webhooks=args.webhooks, fanout=args.fanout).events(2000, seed=args.seed)
+    meta = {"date": date, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "duration_s": round(time.time() - started), "machine": machine(kafka),
+            "config": {"events": args.events, "webhooks": args.webhooks, "fanout": args.fanout,
+                       "accounts": args.webhooks // args.fanout, "partitions": args.partitions,
+                       "timeout_s": args.timeout_s, "paced_s": args.paced_s, "quick": args.quick,
+                       "log_level": os.environ.get("AKECE_LOG_LEVEL", args.log_level),
+                       "router_procs": args.router_procs, "delivery_procs": args.delivery_procs,
+                       "receiver_procs": args.receiver_procs,
+                       "avg_event_bytes": round(sum(len(e.value) for e in sample) / len(sample)),
+                       "akece_env": {k: v for k, v in os.environ.items() if k.startswith("AKECE_")}}}
+    result = report.build(limits, scenarios, meta)
+    paths = report.write(result, args.out, date + ("-quick" if args.quick else ""))
+    print()
+    print(report.markdown(result))
+    if args.profile:
+        for path in sorted((args.out / "profiles").glob("*.txt")):
+            print(report.profile_summary(path))
+    say(f"results: {', '.join(str(p) for p in paths.values())} ({result['duration_s']} s)")
+    return 0 if all(t["met"] for t in result["targets"] if t["name"].startswith("loss")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

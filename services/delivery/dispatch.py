@@ -1,0 +1,140 @@
+"""Which record runs next: one at a time per key, a bulkhead per webhook, a global cap.
+
+- Per key (``<webhook>:<conversation>``): a queue; only its head may run, the next one starts when
+  the head is released, so one conversation's deliveries go out in offset order.
+- Per webhook: at most ``per_webhook`` running; heads beyond that wait in the webhook's own queue.
+- Globally: at most ``max_concurrency`` running. Webhooks with waiting heads and free slots take
+  turns (round robin), so a slow webhook holds only its own slots and never the dispatcher.
+
+Nothing here awaits: ``submit`` and ``release`` call ``start(job)`` synchronously for each job that
+may run now.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Generic, Protocol, TypeVar
+
+
+class Dispatchable(Protocol):
+    @property
+    def key(self) -> Hashable: ...
+
+    @property
+    def webhook_id(self) -> int: ...
+
+
+J = TypeVar("J", bound=Dispatchable)
+
+
+class Dispatcher(Generic[J]):
+    def __init__(self, max_concurrency: int, per_webhook: int, start: Callable[[J], None]) -> None:
+        self._max = max_concurrency
+        self._per_webhook = per_webhook
+        self._start = start
+        self._keys: dict[Hashable, deque[J] | None] = {}  # active key -> jobs waiting behind its head
+        self._ready: dict[int, deque[J]] = {}  # webhook -> key heads waiting for a slot
+        self._running: dict[int, int] = {}  # webhook -> running jobs
+        self._turns: deque[int] = deque()  # webhooks with ready heads and a free slot
+        self._in_turns: set[int] = set()
+        self.running = 0
+        self.queued = 0
+        self.closed = False
+
+    def submit(self, job: J) -> None:
+        self.queued += 1
+        if job.key in self._keys:  # active: wait behind it (a deque only once someone waits)
+            waiting = self._keys[job.key]
+            if waiting is None:
+                waiting = self._keys[job.key] = deque()
+            waiting.append(job)
+            return
+        self._keys[job.key] = None
+        self._make_ready(job)
+        self._pump()
+
+    def release(self, job: J) -> None:
+        """``job`` finished its attempt: free its slots and let its key's next record go."""
+        self.running -= 1
+        webhook = job.webhook_id
+        left = self._running[webhook] - 1
+        if left:
+            self._running[webhook] = left
+        else:
+            del self._running[webhook]
+        self._offer_turn(webhook)
+        waiting = self._keys.get(job.key)
+        if waiting:
+            following = waiting.popleft()
+            if not waiting:
+                self._keys[job.key] = None
+            self._make_ready(following)
+        else:
+            del self._keys[job.key]
+        self._pump()
+
+    def drop(self, predicate: Callable[[J], bool]) -> list[J]:
+        """Remove queued (not started) jobs matching ``predicate``; returns them."""
+        dropped: list[J] = []
+        freed: set[Hashable] = set()  # keys whose head was waiting for a slot and is dropped
+        for webhook in list(self._ready):
+            kept: deque[J] = deque()
+            for job in self._ready.pop(webhook):
+                if predicate(job):
+                    dropped.append(job)
+                    freed.add(job.key)
+                else:
+                    kept.append(job)
+            if kept:
+                self._ready[webhook] = kept
+        heads: list[J] = []
+        for key in list(self._keys):
+            queue = self._keys[key] or ()
+            waiting = deque(j for j in queue if not predicate(j))
+            dropped.extend(j for j in queue if predicate(j))
+            if key in freed:
+                if not waiting:
+                    del self._keys[key]
+                    continue
+                heads.append(waiting.popleft())
+            self._keys[key] = waiting or None
+        self._turns = deque(w for w in self._turns if w in self._ready)
+        self._in_turns = set(self._turns)
+        self.queued -= len(dropped)
+        for job in heads:
+            self._make_ready(job)
+        self._pump()
+        return dropped
+
+    def close(self) -> list[J]:
+        """Start nothing more; returns every queued job."""
+        self.closed = True
+        return self.drop(lambda _: True)
+
+    def _make_ready(self, job: J) -> None:
+        queue = self._ready.get(job.webhook_id)
+        if queue is None:
+            queue = self._ready[job.webhook_id] = deque()
+        queue.append(job)
+        self._offer_turn(job.webhook_id)
+
+    def _offer_turn(self, webhook: int) -> None:
+        if (webhook in self._ready and webhook not in self._in_turns
+                and self._running.get(webhook, 0) < self._per_webhook):
+            self._turns.append(webhook)
+            self._in_turns.add(webhook)
+
+    def _pump(self) -> None:
+        while not self.closed and self.running < self._max and self._turns:
+            webhook = self._turns.popleft()
+            self._in_turns.discard(webhook)
+            queue = self._ready[webhook]
+            job = queue.popleft()
+            if not queue:
+                del self._ready[webhook]
+            self._running[webhook] = self._running.get(webhook, 0) + 1
+            self.running += 1
+            self.queued -= 1
+            self._offer_turn(webhook)
+            self._start(job)

@@ -1,0 +1,129 @@
+"""What an attempt's result means: the one pure function ``next_step`` and Retry-After parsing.
+
+    next_step(result, attempt, schedule, now, rng) -> Ack | Retry | DeadLetter
+
+- 2xx: ``Ack``.
+- 410 Gone: ``DeadLetter("webhook_disabled", disable=True)``: the worker disables the webhook.
+- A permanent failure (blocked destination, deleted or disabled webhook, malformed record):
+  ``DeadLetter(<that reason>)`` at once.
+- Anything else (another status, a 3xx, timeout, refused, reset, DNS, TLS, an open circuit): the
+  next delay of the schedule, jittered, or ``DeadLetter("exhausted")`` after the last one. A 429 or
+  503 with ``Retry-After`` waits at least that long, clamped to the schedule's bounds, in the
+  smallest retry tier that is at least as long (so it never holds up the records behind it).
+
+No clock and no randomness of its own: ``now`` and ``rng`` come in, so the table tests are exact.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from services.shared.settings import RetrySettings
+
+PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record"})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """One attempt: a response (``status``) or an error (``error_class`` and message)."""
+
+    status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    retry_after: float | None = None  # seconds, from a 429/503's Retry-After
+    body: bytes = b""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def sent(self) -> bool:
+        """Whether an HTTP request went out (or was tried): not a skip by the worker."""
+        return self.error_class not in PERMANENT and self.error_class != "circuit_open"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """Delays after attempt 1, 2, ... and the relative jitter applied to each."""
+
+    delays: tuple[float, ...]
+    jitter: float = 0.0
+
+    @classmethod
+    def from_settings(cls, retry: RetrySettings) -> RetrySchedule:
+        return cls(tuple(retry.schedule), retry.jitter)
+
+    @property
+    def tiers(self) -> tuple[float, ...]:
+        """The distinct delays, ascending: one retry topic each."""
+        return tuple(sorted(set(self.delays)))
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.delays) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay: float  # seconds from now until the next attempt is due
+    tier: float  # the retry topic's delay (``Topics.retry(tier)``)
+    due_at: float  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    disable: bool = False  # the webhook must be disabled (410 Gone)
+
+
+Step = Ack | Retry | DeadLetter
+
+
+def next_step(result: AttemptResult, attempt: int, schedule: RetrySchedule, now: float,
+              rng: random.Random) -> Step:
+    """What to do after ``attempt`` (1-based) ended with ``result``."""
+    if result.ok:
+        return Ack()
+    if result.status == 410:
+        return DeadLetter("webhook_disabled", disable=True)
+    if result.error_class in PERMANENT:
+        return DeadLetter(result.error_class or "error")
+    if attempt > len(schedule.delays):
+        return DeadLetter("exhausted")
+    base = schedule.delays[attempt - 1]
+    delay = base * (1 + rng.uniform(-schedule.jitter, schedule.jitter)) if schedule.jitter else base
+    tier = base
+    if result.status in RETRY_AFTER_STATUSES and result.retry_after is not None:
+        tiers = schedule.tiers
+        asked = min(max(result.retry_after, tiers[0]), tiers[-1])
+        if asked > delay:
+            delay = asked
+            if asked > base * (1 + schedule.jitter):
+                tier = next(t for t in tiers if t >= asked)
+    return Retry(delay=delay, tier=tier, due_at=now + delay)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date); None if invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,90 @@
+"""What a finished attempt writes: retry and dead-letter headers, and the attempt log record.
+
+Retry and DLQ records keep the original value (the exact body) and key; their headers are the
+original ones with the story so far replaced (``services.shared.headers.replace``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+
+from services.delivery.policy import AttemptResult, Retry
+from services.shared import headers as h
+from services.shared.deliveries import DeliveryMeta
+
+DLQ_RESPONSE_BYTES = 2048  # of the last response, in a DLQ header
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error_class(result: AttemptResult) -> str | None:
+    if result.ok:
+        return None
+    return result.error_class or "http_status"
+
+
+def error_message(result: AttemptResult) -> str | None:
+    if result.ok:
+        return None
+    return result.error_message or f"HTTP {result.status}"
+
+
+def excerpt(body: bytes, limit: int) -> str:
+    return body[:limit].decode("utf-8", "replace")
+
+
+def _story(meta: DeliveryMeta, result: AttemptResult, started_at: float) -> dict[str, str | int | float | None]:
+    return {
+        h.FIRST_ATTEMPT_AT: meta.first_attempt_at or started_at,
+        h.LAST_ATTEMPT_AT: started_at,
+        h.LAST_STATUS: result.status,
+        h.LAST_ERROR_CLASS: error_class(result),
+        h.LAST_ERROR: error_message(result),
+    }
+
+
+def retry_headers(headers: Sequence[tuple[str, bytes | None]], meta: DeliveryMeta, result: AttemptResult,
+                  step: Retry, started_at: float) -> h.Headers:
+    return h.replace(headers, {**_story(meta, result, started_at), h.ATTEMPT: meta.attempt + 1,
+                               h.DUE_AT: round(step.due_at, 3), h.LAST_RESPONSE: None})
+
+
+def dlq_headers(headers: Sequence[tuple[str, bytes | None]], meta: DeliveryMeta, result: AttemptResult,
+                reason: str, started_at: float, now: float) -> h.Headers:
+    attempts = meta.attempt if result.sent else meta.attempt - 1
+    return h.replace(headers, {
+        **_story(meta, result, started_at),
+        h.DLQ_REASON: reason,
+        h.ATTEMPTS: attempts,
+        h.DLQ_AT: round(now, 3),
+        h.DUE_AT: None,
+        h.LAST_RESPONSE: excerpt(result.body, DLQ_RESPONSE_BYTES) if result.body else None,
+    })
+
+
+def attempt_record(meta: DeliveryMeta, result: AttemptResult, *, outcome: str, next_delay_s: float | None,
+                   dlq_reason: str | None, started_at: float, response_limit: int) -> bytes:
+    """One line of the attempt log (``Topics.attempts``, keyed by webhook id)."""
+    return orjson.dumps({
+        "delivery_id": meta.delivery_id,
+        "event_id": meta.event_id,
+        "webhook_id": meta.webhook_id,
+        "account_id": meta.account_id,
+        "event_type": meta.event_type,
+        "attempt": meta.attempt,
+        "status": result.status,
+        "error_class": error_class(result),
+        "error_message": error_message(result),
+        "duration_ms": round(result.duration_s * 1000, 3),
+        "outcome": outcome,
+        "next_delay_ms": round(next_delay_s * 1000) if next_delay_s is not None else None,
+        "dlq_reason": dlq_reason,
+        "time": iso(started_at),
+        "response_excerpt": excerpt(result.body, response_limit) if result.body else None,
+        "replay_id": meta.replay_id,
+    })

@@ -1,0 +1,198 @@
+"""Reading the dead-letter topic: a ``DeadLetter`` per record, filters, listing a time window.
+
+A DLQ record is the original delivery record (body, key, delivery headers) plus the story headers
+the delivery worker adds (reason, attempts, first/last attempt time, last status or error, response
+excerpt, dead-lettered time). The DLQ is read by time window with a group-less consumer: listing
+never moves a committed offset and reads only the window's offsets.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.replay.window import ReadStats, Window, iso, offset_ranges, read_ranges, reader
+from services.shared import headers as h
+from services.shared import kafka
+from services.shared.settings import Settings
+from services.shared.topics import Topics
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def epoch(value: str | None) -> float | None:
+    """Unix seconds from a header holding Unix seconds/milliseconds or ISO-8601."""
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return number / 1000 if number > 1e11 else number
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One DLQ record, parsed. ``headers`` are the record's own, in order, for re-enqueueing."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    delivery_id: str
+    event_id: str
+    event_type: str
+    account_id: str
+    webhook_id: int | None
+    reason: str
+    attempts: int | None
+    first_attempt_at: float | None
+    last_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+    last_error_class: str | None
+    last_response: str | None
+    dead_lettered_at: float
+    replay_id: str | None
+
+    @classmethod
+    def from_record(cls, record: Any) -> DeadLetter:
+        raw = tuple((k, v or b"") for k, v in record.headers or ())
+        values = h.to_dict(raw)
+        return cls(
+            partition=record.partition, offset=record.offset, timestamp_ms=record.timestamp,
+            key=record.key, value=record.value, headers=raw,
+            delivery_id=values.get(h.DELIVERY_ID, ""), event_id=values.get(h.EVENT_ID, ""),
+            event_type=values.get(h.EVENT_TYPE, ""), account_id=values.get(h.ACCOUNT_ID, ""),
+            webhook_id=_int(values.get(h.WEBHOOK_ID)), reason=values.get(h.DLQ_REASON) or "unknown",
+            attempts=_int(values.get(h.ATTEMPTS)) or _int(values.get(h.ATTEMPT)),
+            first_attempt_at=epoch(values.get(h.FIRST_ATTEMPT_AT)),
+            last_attempt_at=epoch(values.get(h.LAST_ATTEMPT_AT)),
+            last_status=_int(values.get(h.LAST_STATUS)), last_error=values.get(h.LAST_ERROR) or None,
+            last_error_class=values.get(h.LAST_ERROR_CLASS) or None,
+            last_response=values.get(h.LAST_RESPONSE) or None,
+            dead_lettered_at=epoch(values.get(h.DLQ_AT)) or record.timestamp / 1000,
+            replay_id=values.get(h.REPLAY_ID) or None,
+        )
+
+    @property
+    def last_outcome(self) -> str:
+        """``HTTP 503``, or the error class and message when no response came back."""
+        if self.last_status is not None:
+            return f"HTTP {self.last_status}"
+        parts = [p for p in (self.last_error_class, self.last_error) if p]
+        return ": ".join(parts) or "-"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id, "event_id": self.event_id, "webhook_id": self.webhook_id,
+            "account_id": self.account_id, "event": self.event_type, "reason": self.reason,
+            "attempts": self.attempts, "last_status": self.last_status, "last_error": self.last_error,
+            "last_error_class": self.last_error_class, "first_attempt_at": iso(self.first_attempt_at),
+            "last_attempt_at": iso(self.last_attempt_at), "dead_lettered_at": iso(self.dead_lettered_at),
+            "replay_id": self.replay_id, "partition": self.partition, "offset": self.offset,
+        }
+
+
+def _split(value: str | Iterable[str] | None) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else value
+    return frozenset(i.strip() for i in items if i and i.strip())
+
+
+@dataclass(frozen=True)
+class DlqFilter:
+    """What to match (every given field must match; several values of one field: any of them)."""
+
+    accounts: frozenset[str] = field(default_factory=frozenset)
+    webhooks: frozenset[int] = field(default_factory=frozenset)
+    events: frozenset[str] = field(default_factory=frozenset)
+    reasons: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, *, account: str | Iterable[str] | int | None = None, webhook: str | Iterable[str] | int | None = None,
+           event: str | Iterable[str] | None = None, reason: str | Iterable[str] | None = None) -> DlqFilter:
+        accounts = _split(str(account) if isinstance(account, int) else account)
+        hooks = _split(str(webhook) if isinstance(webhook, int) else webhook)
+        return cls(accounts, frozenset(int(w) for w in hooks), _split(event), _split(reason))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DlqFilter:
+        return cls(frozenset(map(str, data.get("accounts", ()))), frozenset(map(int, data.get("webhooks", ()))),
+                   frozenset(data.get("events", ())), frozenset(data.get("reasons", ())))
+
+    def to_json(self) -> dict[str, list[Any]]:
+        """Canonical form (sorted lists): part of a replay's identity."""
+        return {"accounts": sorted(self.accounts), "webhooks": sorted(self.webhooks),
+                "events": sorted(self.events), "reasons": sorted(self.reasons)}
+
+    def matches(self, dead: DeadLetter) -> bool:
+        return ((not self.accounts or dead.account_id in self.accounts)
+                and (not self.webhooks or dead.webhook_id in self.webhooks)
+                and (not self.events or dead.event_type in self.events)
+                and (not self.reasons or dead.reason in self.reasons))
+
+
+@dataclass
+class Listing:
+    items: list[DeadLetter]
+    matched: int
+    stats: ReadStats
+    ranges: dict[int, tuple[int, int]]
+
+
+async def list_dead_letters(settings: Settings, filters: DlqFilter, window: Window, *, limit: int = 100,
+                            ) -> Listing:
+    """The newest ``limit`` (0: all) matching dead letters of the window, oldest first."""
+    topic = Topics.from_settings(settings).dlq
+    stats = ReadStats()
+    newest: list[tuple[float, int, int, DeadLetter]] = []
+    everything: list[DeadLetter] = []
+    matched = 0
+    async with kafka.started(reader(settings)) as consumer:
+        ranges = await offset_ranges(consumer, topic, window)
+        async for records in read_ranges(consumer, topic, ranges, stats):
+            for record in records:
+                dead = DeadLetter.from_record(record)
+                if not filters.matches(dead):
+                    continue
+                matched += 1
+                if limit <= 0:
+                    everything.append(dead)
+                    continue
+                entry = (dead.dead_lettered_at, dead.partition, dead.offset, dead)
+                if len(newest) < limit:
+                    heapq.heappush(newest, entry)
+                elif entry[:3] > newest[0][:3]:
+                    heapq.heapreplace(newest, entry)
+    items = everything if limit <= 0 else [entry[3] for entry in newest]
+    items.sort(key=lambda d: (d.dead_lettered_at, d.partition, d.offset))
+    return Listing(items, matched, stats, ranges)
+
+
+async def find_dead_letters(settings: Settings, delivery_id: str, window: Window) -> list[DeadLetter]:
+    """Every DLQ record of one delivery in the window, oldest first."""
+    topic = Topics.from_settings(settings).dlq
+    wanted = delivery_id.encode()
+    found: list[DeadLetter] = []
+    async with kafka.started(reader(settings)) as consumer:
+        ranges = await offset_ranges(consumer, topic, window)
+        async for records in read_ranges(consumer, topic, ranges):
+            for record in records:
+                if any(k == h.DELIVERY_ID and v == wanted for k, v in record.headers or ()):
+                    found.append(DeadLetter.from_record(record))
+    return sorted(found, key=lambda d: (d.dead_lettered_at, d.partition, d.offset))

@@ -1,0 +1,466 @@
+"""The re-enqueue engine behind ``dlq replay`` and ``recover``: plan, confirm, send once, resume.
+
+A *source* (``replay.DlqSource``, ``recover.EventsSource``) reads one topic and says, per record,
+whether it is inside the run's filters and what goes back on the deliveries topic. The engine:
+
+1. **Plans.** The window becomes a source offset range per partition; the run id is a hash of kind,
+   filters and range, so the same command finds the same run. It reads the range once and decides
+   per record: outside the filters; skipped (webhook deleted, or disabled without ``--enable``);
+   *superseded* (a later record of the same delivery id is in the range: a delivery goes back at
+   most once per run); *already replayed* (an earlier recorded run finished that source offset with
+   filters that match it, unless ``--force``); *done* by this very run before an interruption; or
+   *to send*. Only the offsets to send are kept (8 bytes each).
+2. **Confirms** (the caller's callback; not for dry runs), re-enables webhooks for ``--enable``, and
+   records the run as running in the ledger.
+3. **Sends.** It reads the range again from the checkpoint and produces every selected record to the
+   deliveries topic with attempt 1, the original key, body and delivery id, and a header naming the
+   run, through a token bucket (``--rate``). Every ``checkpoint_every`` records or
+   ``checkpoint_interval_s`` it awaits the acknowledgements and only then writes the checkpoint: per
+   source partition, the offset below which every record is finished.
+
+**Never twice.** A crash after some acknowledgements and before the next checkpoint leaves up to
+``checkpoint_every`` records (or a second's worth) re-enqueued but not checkpointed. They are not
+sent again: each checkpoint also records, per deliveries partition, the offset after this run's
+last acknowledged record (and the end offsets when the run started), so a resume scans only what
+this run may have written since, collects the delivery ids carrying its run id, and counts those
+records as done. (The one case this does not cover: a produce request that was on the wire when
+the process died and that the broker appends only after the resume has scanned, seconds later.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from array import array
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.replay import ledger
+from services.replay.ledger import Kind, Ledger, Run, host_name, overlaps, run_id
+from services.replay.progress import Progress
+from services.replay.ratelimit import TokenBucket
+from services.replay.window import Ranges, ReadStats, Window, offset_ranges, read_ranges, reader, topic_ends
+from services.shared import headers as h
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.errors import AkeceError, ConfigError
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionStore
+from services.shared.topics import Topics
+
+log = logs.get("replay")
+
+T = TypeVar("T")
+ABANDON_S = 5.0  # how long an interrupted run waits for in-flight acknowledgements
+
+
+class ReplayRefusedError(AkeceError):
+    """The run would send what was already sent, or another process is running it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Put this back on the deliveries topic (headers without the run id: the engine adds it)."""
+
+    webhook_id: int
+    delivery_id: str
+    key: bytes | None
+    value: bytes | None
+    headers: h.Headers
+    webhook_disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Inside the filters but not sendable. ``webhook_id`` only when the webhook itself is the reason."""
+
+    reason: str
+    webhook_id: int | None = None
+
+
+class Source(Protocol[T]):
+    kind: Kind
+    topic: str
+    id_header: str
+    filters: dict[str, Any]
+
+    def parse(self, record: Any) -> T: ...
+
+    def select(self, item: T) -> Send | Skip | None:
+        """``None``: outside this run's filters."""
+
+    def matches(self, filters: Mapping[str, Any], item: T) -> bool:
+        """Would a run of this kind with ``filters`` have picked ``item``?"""
+
+    def describe(self, item: T) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    dry_run: bool = False
+    force: bool = False
+    enable: bool = False
+    rate: float | None = None
+    user: str = field(default_factory=ledger.current_user)
+    checkpoint_every: int = 2000
+    checkpoint_interval_s: float = 1.0
+    sample_size: int = 10
+
+
+@dataclass
+class Plan:
+    run_id: str
+    generation: int
+    ranges: Ranges
+    window: dict[str, str | None]
+    resumed: Run | None = None
+    selected: dict[int, array[int]] = field(default_factory=dict)
+    total: int = 0
+    matched: int = 0
+    done_before: int = 0
+    tail_found: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_webhooks: dict[int, str] = field(default_factory=dict)
+    covered_by: Counter[str] = field(default_factory=Counter)
+    by_webhook: Counter[int] = field(default_factory=Counter)
+    to_enable: set[int] = field(default_factory=set)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    deliveries_ends: dict[int, int] = field(default_factory=dict)
+    stats: ReadStats = field(default_factory=ReadStats)
+    notice: str | None = None
+
+    @property
+    def already_replayed(self) -> int:
+        return sum(self.covered_by.values())
+
+    def counts(self) -> dict[str, int]:
+        return {"matched": self.matched, "to_send": self.total, "done_before": self.done_before,
+                "already_replayed": self.already_replayed, **{f"skipped_{k}": v for k, v in self.skipped.items()}}
+
+
+@dataclass
+class Summary:
+    plan: Plan
+    status: str  # dry_run | refused | aborted | nothing_to_do | done
+    enqueued: int = 0
+    seconds: float = 0.0
+    vanished: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.enqueued / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressFactory = Callable[[str, int], Progress]
+Confirm = Callable[[Plan], Awaitable[bool]]
+
+
+class Engine(Generic[T]):
+    def __init__(self, settings: Settings, source: Source[T], *, producer: AIOKafkaProducer, options: Options,
+                 store: SubscriptionStore | None = None, progress: ProgressFactory | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.producer = producer
+        self.options = options
+        self.store = store
+        self.progress = progress
+        self.deliveries = Topics.from_settings(settings).deliveries
+
+    # --- planning --------------------------------------------------------------------------------
+    async def plan(self, window: Window) -> Plan:
+        async with kafka.started(reader(self.settings)) as consumer:
+            ranges = await offset_ranges(consumer, self.source.topic, window)
+            book = await Ledger.load(self.settings)
+            plan = self._identify(book, ranges, window.describe())
+            if plan.resumed is not None:  # a resumed run keeps the flags it started with
+                self.options = replace(self.options, force=self.options.force or plan.resumed.force,
+                                       enable=self.options.enable or plan.resumed.enable)
+            priors = self._priors(book, plan)
+            unfinished = [r for r in (plan.resumed, *priors) if r is not None and not r.finished]
+            tails = await enqueued_by(consumer, self.deliveries, self.source.id_header, unfinished)
+            plan.deliveries_ends = {tp.partition: end for tp, end in
+                                    (await topic_ends(consumer, self.deliveries)).items()}
+            await self._scan(consumer, plan, priors, tails)
+        return plan
+
+    def _identify(self, book: Ledger, ranges: Ranges, window: dict[str, str | None]) -> Plan:
+        """This command's run: an unfinished one to resume, or the first generation not yet done."""
+        now, host, kind, filters = time.time(), host_name(), self.source.kind, self.source.filters
+        generation = 0
+        while (run := book.get(run_id(kind, filters, ranges, generation))) is not None:
+            if not run.finished:
+                return self._resume(run, now, host)
+            generation += 1
+        same = [r for r in book.of_kind(kind)
+                if not r.finished and r.filters == filters and overlaps(r.ranges, ranges)]
+        if same:
+            plan = self._resume(max(same, key=lambda r: r.started_at), now, host)
+            plan.notice = (f"{plan.notice}; it covers an overlapping window, not exactly this one: run the "
+                           "command again afterwards for records outside it")
+            return plan
+        return Plan(run_id(kind, filters, ranges, generation), generation, ranges, window)
+
+    def _resume(self, run: Run, now: float, host: str) -> Plan:
+        if run.live(now, host):
+            raise ReplayRefusedError(f"{run.kind} {run.id} is running now ({run.user}@{run.host} pid {run.pid}, "
+                                     f"last checkpoint {now - run.heartbeat:.0f}s ago)")
+        return Plan(run.id, run.generation, dict(run.ranges), run.window, resumed=run,
+                    notice=f"resuming {run.kind} {run.id} ({run.status}, started {run.started_at} by {run.user}, "
+                           f"{run.enqueued} of {run.total} re-enqueued)")
+
+    def _priors(self, book: Ledger, plan: Plan) -> list[Run]:
+        priors = [r for r in book.of_kind(self.source.kind) if r.id != plan.run_id and overlaps(r.ranges, plan.ranges)]
+        now, host = time.time(), host_name()
+        for run in priors:
+            if run.live(now, host):
+                raise ReplayRefusedError(f"{run.kind} {run.id} over an overlapping range is running now "
+                                         f"({run.user}@{run.host} pid {run.pid}): wait for it to finish")
+        return priors
+
+    async def _scan(self, consumer: AIOKafkaConsumer, plan: Plan, priors: Sequence[Run],
+                    tails: Mapping[str, set[str]]) -> None:
+        resumed = plan.resumed
+        checkpoint = resumed.checkpoint if resumed else {}
+        own_tail = tails.get(resumed.id, set()) if resumed else set()
+        last: dict[str, tuple[int, int]] = {}
+        candidates: list[tuple[int, int, str, int]] = []
+        samples: list[tuple[int, int, dict[str, Any]]] = []
+        async for records in read_ranges(consumer, self.source.topic, plan.ranges, plan.stats):
+            for record in records:
+                item = self.source.parse(record)
+                decision = self.source.select(item)
+                if decision is None:
+                    continue
+                plan.matched += 1
+                if isinstance(decision, Skip):
+                    plan.skipped[decision.reason] += 1
+                    if decision.webhook_id is not None:
+                        plan.skipped_webhooks.setdefault(decision.webhook_id, decision.reason)
+                    continue
+                where = (record.partition, record.offset)
+                last[decision.delivery_id] = where
+                if record.offset < checkpoint.get(where[0], 0):
+                    plan.done_before += 1
+                    continue
+                if decision.delivery_id in own_tail:  # re-enqueued after the last checkpoint
+                    plan.done_before += 1
+                    plan.tail_found += 1
+                    continue
+                covering = None if self.options.force else self._covering(priors, tails, where, item, decision)
+                if covering is not None:
+                    plan.covered_by[covering] += 1
+                    continue
+                if decision.webhook_disabled:
+                    if not self.options.enable:
+                        plan.skipped["webhook_disabled"] += 1
+                        plan.skipped_webhooks.setdefault(decision.webhook_id, "webhook_disabled")
+                        continue
+                    plan.to_enable.add(decision.webhook_id)
+                candidates.append((*where, decision.delivery_id, decision.webhook_id))
+                if len(samples) < 4 * self.options.sample_size:
+                    samples.append((*where, self.source.describe(item)))
+        self._select(plan, candidates, last, samples)
+
+    def _covering(self, priors: Sequence[Run], tails: Mapping[str, set[str]], where: tuple[int, int],
+                  item: T, decision: Send) -> str | None:
+        """The earlier run that already re-enqueued this record, if any."""
+        for run in priors:
+            if decision.webhook_id in run.skipped_webhooks or not run.in_range(*where):
+                continue
+            if ((run.covers(*where) or decision.delivery_id in tails.get(run.id, ()))
+                    and self.source.matches(run.filters, item)):
+                return run.id
+        return None
+
+    def _select(self, plan: Plan, candidates: list[tuple[int, int, str, int]], last: dict[str, tuple[int, int]],
+                samples: list[tuple[int, int, dict[str, Any]]]) -> None:
+        chosen: set[tuple[int, int]] = set()
+        for partition, offset, delivery, webhook in candidates:
+            if last[delivery] != (partition, offset):
+                plan.skipped["superseded"] += 1
+                continue
+            plan.selected.setdefault(partition, array("q")).append(offset)
+            plan.by_webhook[webhook] += 1
+            plan.total += 1
+            if len(chosen) < len(samples):
+                chosen.add((partition, offset))
+        plan.to_enable &= set(plan.by_webhook)
+        plan.sample = [d for p, o, d in samples if (p, o) in chosen][: self.options.sample_size]
+
+    # --- running -----------------------------------------------------------------------------------
+    async def execute(self, plan: Plan, *, confirm: Confirm | None = None) -> Summary:
+        if self.options.dry_run:
+            return Summary(plan, "dry_run")
+        if plan.total == 0 and plan.already_replayed and plan.resumed is None:
+            return Summary(plan, "refused")
+        if plan.total == 0:
+            if plan.resumed is not None and not plan.resumed.finished:
+                await self._finish(self._start_record(plan))
+            return Summary(plan, "nothing_to_do")
+        if confirm is not None and not await confirm(plan):
+            return Summary(plan, "aborted")
+        await self._enable(plan.to_enable)
+        run = self._start_record(plan)
+        await ledger.write(self.producer, self.settings, run)
+        log.info(f"{run.kind}.started", run_id=run.id, total=plan.total, user=run.user, resumed=bool(plan.resumed))
+        sender = _Sender(self, plan, run)
+        try:
+            await sender.send_all()
+        except BaseException as exc:
+            await sender.abandon("interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+                                 else "failed")
+            raise
+        await self._finish(run)
+        log.info(f"{run.kind}.finished", run_id=run.id, enqueued=sender.enqueued, seconds=round(sender.seconds, 3))
+        return Summary(plan, "done", sender.enqueued, sender.seconds, sender.vanished)
+
+    async def _enable(self, webhooks: set[int]) -> None:
+        if webhooks and self.store is None:
+            raise ConfigError("--enable needs the subscription store")
+        for webhook_id in sorted(webhooks):
+            assert self.store is not None
+            await self.store.set_enabled(webhook_id, True, None)
+            log.info("replay.webhook_enabled", webhook_id=webhook_id)
+
+    def _start_record(self, plan: Plan) -> Run:
+        now = ledger.now_iso()
+        if plan.resumed is not None:
+            return plan.resumed.model_copy(update={
+                "status": "running", "pid": os.getpid(), "host": host_name(), "rate": self.options.rate,
+                "skipped_webhooks": {**plan.skipped_webhooks, **plan.resumed.skipped_webhooks},
+                "enqueued": plan.resumed.enqueued + plan.tail_found,
+                "total": plan.resumed.enqueued + plan.tail_found + plan.total, "counts": plan.counts()})
+        return Run(id=plan.run_id, kind=self.source.kind, status="running", user=self.options.user, host=host_name(),
+                   pid=os.getpid(), started_at=now, updated_at=now, heartbeat=time.time(),
+                   source_topic=self.source.topic, filters=self.source.filters, window=plan.window,
+                   ranges=plan.ranges, checkpoint={p: start for p, (start, _) in plan.ranges.items()},
+                   deliveries_from=dict(plan.deliveries_ends), skipped_webhooks=dict(plan.skipped_webhooks),
+                   generation=plan.generation, force=self.options.force, enable=self.options.enable,
+                   rate=self.options.rate, counts=plan.counts(), total=plan.total)
+
+    async def _finish(self, run: Run) -> None:
+        run.status = "done"
+        run.finished_at = ledger.now_iso()
+        run.checkpoint = {p: end for p, (_, end) in run.ranges.items()}
+        await ledger.write(self.producer, self.settings, run)
+
+
+class _Sender:
+    """The send phase of one run: produce, await acks, checkpoint, in that order."""
+
+    def __init__(self, engine: Engine[Any], plan: Plan, run: Run) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.run = run
+        self.base = run.enqueued
+        self.enqueued = 0
+        self.vanished = 0
+        self.pending: list[asyncio.Future[Any]] = []
+        self.cursor = dict(run.checkpoint)
+        self.flushed_at = time.monotonic()
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        rate = engine.options.rate
+        self.bucket = TokenBucket(rate) if rate else None
+        factory = engine.progress
+        self.progress = factory(f"{run.kind} {run.id}", plan.total) if factory else None
+
+    async def send_all(self) -> None:
+        engine, source = self.engine, self.engine.source
+        ranges = {p: (max(start, self.cursor.get(p, start)), end) for p, (start, end) in self.plan.ranges.items()}
+        pointers: dict[int, int] = {}
+        async with kafka.started(reader(engine.settings)) as consumer:
+            async for records in read_ranges(consumer, source.topic, ranges):
+                partition = records[0].partition
+                wanted = self.plan.selected.get(partition, array("q"))
+                index = pointers.get(partition, 0)
+                for record in records:
+                    while index < len(wanted) and wanted[index] < record.offset:
+                        index += 1
+                        self.vanished += 1
+                    if index < len(wanted) and wanted[index] == record.offset:
+                        index += 1
+                        await self._send(source.select(source.parse(record)))
+                    self.cursor[partition] = record.offset + 1
+                    if (len(self.pending) >= engine.options.checkpoint_every
+                            or time.monotonic() - self.flushed_at >= engine.options.checkpoint_interval_s):
+                        await self.flush()
+                pointers[partition] = index
+        await self.flush()
+        self.seconds = time.monotonic() - self.started
+        if self.progress:
+            self.progress.finish()
+
+    async def _send(self, decision: Send | Skip | None) -> None:
+        if not isinstance(decision, Send):  # the webhook was deleted since the plan
+            self.vanished += 1
+            return
+        if self.bucket is not None:
+            await self.bucket.acquire()
+        headers = h.replace(decision.headers, {self.engine.source.id_header: self.run.id})
+        self.pending.append(await self.engine.producer.send(
+            self.engine.deliveries, decision.value, key=decision.key, headers=headers))
+
+    async def flush(self) -> None:
+        """Await the acknowledgements, then write the checkpoint: never the other way round."""
+        if self.pending:
+            metas = await asyncio.wait_for(asyncio.gather(*self.pending),
+                                           self.engine.settings.kafka.send_timeout_s)
+            for meta in metas:
+                self.run.deliveries_from[meta.partition] = max(self.run.deliveries_from.get(meta.partition, 0),
+                                                               meta.offset + 1)
+            self.enqueued += len(self.pending)
+            self.pending.clear()
+        self.run.checkpoint = dict(self.cursor)
+        self.run.enqueued = self.base + self.enqueued
+        await ledger.write(self.engine.producer, self.engine.settings, self.run)
+        self.flushed_at = time.monotonic()
+        if self.progress:
+            self.progress.update(self.enqueued)
+
+    async def abandon(self, status: str) -> None:
+        """Best effort on the way out: await what is in flight, checkpoint it, mark the run unfinished.
+
+        If the acknowledgements do not come, the last checkpoint stays (a resume finds the rest on
+        the deliveries topic) and only the status is recorded.
+        """
+        self.run.status = "interrupted" if status == "interrupted" else "failed"
+        try:
+            await asyncio.wait_for(self.flush(), ABANDON_S)
+        except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            log.warning("replay.checkpoint_lost", run_id=self.run.id, error=str(exc)[:200])
+            try:
+                await asyncio.wait_for(ledger.write(self.engine.producer, self.engine.settings, self.run), ABANDON_S)
+            except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError):
+                log.warning("replay.status_lost", run_id=self.run.id)
+        if self.progress:
+            self.progress.finish()
+
+
+async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs: Sequence[Run]) -> dict[str, set[str]]:
+    """Delivery ids on the deliveries topic carrying one of ``runs``' ids, written since their checkpoints."""
+    if not runs:
+        return {}
+    wanted = {run.id.encode(): run.id for run in runs}
+    found: dict[str, set[str]] = {run.id: set() for run in runs}
+    ends = await topic_ends(consumer, topic)
+    starts = await consumer.beginning_offsets(list(ends))
+    ranges: Ranges = {}
+    for tp, end in ends.items():
+        froms = [run.deliveries_from.get(tp.partition, starts[tp]) for run in runs]
+        ranges[tp.partition] = (max(starts[tp], min(froms)), end)
+    async for records in read_ranges(consumer, topic, ranges):
+        for record in records:
+            values = dict(record.headers or ())
+            owner = wanted.get(values.get(header) or b"")
+            if owner is not None:
+                found[owner].add((values.get(h.DELIVERY_ID) or b"").decode())
+    log.info("replay.resume_scan", runs=[r.id for r in runs], records=sum(e - s for s, e in ranges.values()),
+             found=sum(len(v) for v in found.values()))
+    return found

@@ -1,0 +1,159 @@
+"""Text for humans: tables, a run's plan and summary, a dead letter in full."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from services.replay.dlq import DeadLetter
+from services.replay.engine import Plan, Summary
+from services.replay.progress import duration
+from services.replay.window import iso
+from services.shared.subscriptions import Webhook
+
+MAX_CELL = 60
+
+
+def _cell(value: object) -> str:
+    text = "-" if value is None or value == "" else str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(head), *(len(row[i]) for row in cells)]) for i, head in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+DLQ_COLUMNS = ("time", "account", "webhook", "event", "reason", "attempts", "last status/error")
+
+
+def dead_letter_row(dead: DeadLetter) -> list[object]:
+    return [iso(dead.dead_lettered_at), dead.account_id, dead.webhook_id, dead.event_type, dead.reason,
+            dead.attempts, dead.last_outcome]
+
+
+def dead_letter_table(items: Sequence[DeadLetter]) -> str:
+    return table(DLQ_COLUMNS, [dead_letter_row(d) for d in items])
+
+
+def sample_table(sample: Sequence[dict[str, Any]]) -> str:
+    if not sample:
+        return ""
+    if "reason" in sample[0]:
+        rows = sorted([[s.get("dead_lettered_at"), s.get("account_id"), s.get("webhook_id"), s.get("event"),
+                        s.get("reason"), s.get("attempts"),
+                        f"HTTP {s['last_status']}" if s.get("last_status") else s.get("last_error")] for s in sample],
+                      key=lambda row: str(row[0]))
+        return table(DLQ_COLUMNS, rows)
+    rows = sorted([[s.get("time"), s.get("account_id"), s.get("webhook_id"), s.get("event"), s.get("event_id")]
+                   for s in sample], key=lambda row: str(row[0]))
+    return table(("time", "account", "webhook", "event", "event id"), rows)
+
+
+def _filters(filters: dict[str, Any]) -> str:
+    parts = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in filters.items() if v]
+    return " ".join(parts) or "none"
+
+
+def plan_text(kind: str, plan: Plan, filters: dict[str, Any]) -> str:
+    window = f"{plan.window.get('since') or 'beginning'} .. {plan.window.get('until') or 'now'}"
+    lines = [f"{kind} {plan.run_id}  window {window}  filters: {_filters(filters)}"]
+    if plan.notice:
+        lines.append(f"  note: {plan.notice}")
+    lines.append(f"  read {plan.stats.records} records; {plan.matched} match the filters")
+    hooks = ", ".join(f"{w}: {n}" for w, n in plan.by_webhook.most_common(10))
+    lines.append(f"  to re-enqueue: {plan.total}" + (f" (by webhook: {hooks})" if hooks else ""))
+    if plan.done_before:
+        lines.append(f"  done before the interruption: {plan.done_before}")
+    if plan.covered_by:
+        runs = ", ".join(f"{run} ({n})" for run, n in plan.covered_by.most_common(5))
+        lines.append(f"  already replayed, skipped (use --force to send again): {plan.already_replayed} by {runs}")
+    for reason, count in plan.skipped.most_common():
+        hooks_of = sorted(w for w, r in plan.skipped_webhooks.items() if r == reason)
+        suffix = f" (webhooks {', '.join(map(str, hooks_of[:10]))})" if hooks_of else ""
+        hint = " (use --enable to re-enable and send)" if reason == "webhook_disabled" else ""
+        lines.append(f"  skipped {reason}: {count}{suffix}{hint}")
+    if plan.to_enable:
+        lines.append(f"  webhooks to re-enable first: {', '.join(map(str, sorted(plan.to_enable)))}")
+    return "\n".join(lines)
+
+
+def summary_text(summary: Summary) -> str:
+    plan = summary.plan
+    if summary.status == "refused":
+        return (f"refused: all {plan.already_replayed} matching records were already re-enqueued by "
+                f"{', '.join(plan.covered_by)}; use --force to send them again")
+    if summary.status != "done":
+        return {"dry_run": "dry run: nothing sent", "aborted": "aborted: nothing sent",
+                "nothing_to_do": "nothing to re-enqueue"}.get(summary.status, summary.status)
+    text = (f"done: {summary.enqueued} re-enqueued in {duration(summary.seconds)} "
+            f"({summary.rate:,.0f}/s), run {plan.run_id}")
+    if summary.vanished:
+        text += f"; {summary.vanished} gone since planning (retention or webhook deleted)"
+    return text
+
+
+def plan_json(kind: str, plan: Plan) -> dict[str, Any]:
+    return {"kind": kind, "run_id": plan.run_id, "resumed": plan.resumed is not None, "window": plan.window,
+            "counts": plan.counts(), "already_replayed_by": dict(plan.covered_by),
+            "skipped_webhooks": plan.skipped_webhooks, "enabled_webhooks": sorted(plan.to_enable),
+            "records_read": plan.stats.records, "sample": plan.sample}
+
+
+def summary_json(kind: str, summary: Summary, filters: dict[str, Any]) -> dict[str, Any]:
+    return {**plan_json(kind, summary.plan), "status": summary.status, "filters": filters,
+            "enqueued": summary.enqueued, "seconds": round(summary.seconds, 3), "rate": round(summary.rate, 1)}
+
+
+def webhook_text(webhook: Webhook | None, webhook_id: int | None) -> str:
+    if webhook is None:
+        return f"webhook {webhook_id}: deleted (not in the subscription table)"
+    state = "enabled" if webhook.enabled else f"DISABLED ({webhook.disabled_reason or 'no reason recorded'})"
+    return (f"webhook {webhook.id} (account {webhook.account_id}) {state}\n  url: {webhook.url}\n"
+            f"  subscriptions: {', '.join(webhook.subscriptions)}\n  updated: {webhook.updated_at}")
+
+
+def body_text(value: bytes | None) -> str:
+    if value is None:
+        return "(no body)"
+    try:
+        return orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", "replace")
+
+
+def attempts_table(attempts: Sequence[dict[str, Any]]) -> str:
+    rows = [[a.get("attempt"), a.get("time"), a.get("outcome"), a.get("status") or a.get("error_class"),
+             a.get("duration_ms"), a.get("error_message") or a.get("error"), a.get("next_delay_ms")] for a in attempts]
+    return table(("attempt", "time", "outcome", "status", "ms", "error", "next delay ms"), rows)
+
+
+def header_pairs(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    return [(k, v.decode("utf-8", "replace")) for k, v in headers]
+
+
+def show_text(dead: DeadLetter, count: int, attempts: Sequence[dict[str, Any]], truncated: bool,
+              webhook: Webhook | None, replays: Sequence[str]) -> str:
+    key = dead.key.decode("utf-8", "replace") if dead.key else "-"
+    lines = [
+        f"dead letter of delivery {dead.delivery_id}" + (f" (latest of {count})" if count > 1 else ""),
+        f"  event {dead.event_type} {dead.event_id}, account {dead.account_id}, webhook {dead.webhook_id}",
+        f"  reason {dead.reason}, {dead.attempts} attempts, last: {dead.last_outcome}",
+        f"  first attempt {iso(dead.first_attempt_at)}, last attempt {iso(dead.last_attempt_at)}, "
+        f"dead-lettered {iso(dead.dead_lettered_at)}",
+        f"  DLQ partition {dead.partition} offset {dead.offset}, key {key}",
+        "", "headers:", table(("header", "value"), header_pairs(dead.headers)),
+        "", "last response (excerpt):", dead.last_response or "-",
+        "", "body:", body_text(dead.value),
+        "", "attempt history:" + (" (attempt log read partially: the window is large)" if truncated else ""),
+        attempts_table(attempts) if attempts else "  none found in the attempt log",
+        "", webhook_text(webhook, dead.webhook_id),
+        "", f"replayed by: {', '.join(replays)}" if replays else "not replayed yet",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""The router's Kafka shell: consume events in batches, route them (pure core), produce, then commit.
+
+One batch at a time, from one coroutine: ``getmany`` → ``route`` every record → ``send`` every
+delivery and invalid record in a loop, then gather the futures (aiokafka #528) → await the acks,
+bounded → commit the batch's next offsets. Offsets are never committed before the acks, so a crash
+re-routes at most the batches in flight, with the same delivery ids (at-least-once).
+
+A rebalance waits for the batch in flight (``on_partitions_revoked`` takes the batch lock); a batch
+fetched before a rebalance and not yet started is dropped, and refetched from the committed offsets
+by whoever owns its partitions now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from services.router.core import (
+    IncomingEvent,
+    Invalid,
+    Routed,
+    RoutePolicy,
+    RouteResult,
+    epoch_of,
+    event_type_label,
+    iso_time,
+    route,
+)
+from services.shared import kafka
+from services.shared import logging as logs
+from services.shared.errors import ConfigError, KafkaUnavailableError
+from services.shared.metrics import Metrics
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionTable
+from services.shared.topics import Topics
+
+log = logs.get("router")
+
+Batch = Mapping[TopicPartition, Sequence[Any]]
+IDLE_POLL_MS = 500
+HEADROOM_BYTES = 64 * 1024  # delivery headers on top of the largest routable body
+
+
+def default_group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.router"
+
+
+def policy_of(settings: Settings) -> RoutePolicy:
+    validation = settings.router.validation
+    if validation not in ("full", "structural"):
+        raise ConfigError(f"router.validation must be `full` or `structural`, not {validation!r}")
+    return RoutePolicy("full" if validation == "full" else "structural", settings.router.max_event_bytes)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: RouterWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.assigned(assigned)
+
+
+class RouterWorker:
+    """Consumer group ``<prefix>.router`` on the events topic; many instances share its partitions.
+
+    ``until_idle``: return once every assigned partition is routed to its end (tests, benchmarks).
+    ``max_records``: return after routing that many events.
+    """
+
+    name = "router"
+
+    def __init__(self, settings: Settings, table: SubscriptionTable, metrics: Metrics, *,
+                 group_id: str | None = None, until_idle: bool = False, max_records: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._table = table
+        self._metrics = metrics
+        self._topics = Topics.from_settings(settings)
+        self._policy = policy_of(settings)
+        self.group_id = group_id or default_group_id(settings)
+        self._until_idle = until_idle
+        self._max_records = max_records
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._rebalancing = False
+        self._generation = 0
+        self._ready = False
+        self._has_partitions = asyncio.Event()
+        self.partitions: frozenset[int] = frozenset()
+        self.events_routed = 0  # events handled (routed, no subscriber or invalid) and committed
+        self.deliveries_produced = 0
+
+    def ready(self) -> bool:
+        return self._ready
+
+    async def wait_assigned(self) -> None:
+        """Return once this router owns at least one partition of the events topic."""
+        await self._has_partitions.wait()
+
+    # --- rebalance ------------------------------------------------------------------------------
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Wait for the batch in flight (it commits), and start no other until the new assignment."""
+        async with self._lock:
+            self._rebalancing = True
+        log.info("router.partitions_revoked", partitions=len(partitions))
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        self._rebalancing = False
+        self._generation += 1
+        self.partitions = frozenset(tp.partition for tp in partitions)
+        if partitions:
+            self._has_partitions.set()
+        else:
+            self._has_partitions.clear()
+        log.info("router.partitions_assigned", partitions=sorted(self.partitions))
+
+    # --- the loop -------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        if not await _first(self._table.wait_ready(), stop):
+            return
+        max_request = max(1024 * 1024, self._policy.max_event_bytes + HEADROOM_BYTES)
+        producer = kafka.producer(self._settings, max_request_size=max_request)
+        consumer = kafka.consumer(self._settings, group_id=self.group_id,
+                                  max_poll_records=self._settings.router.batch_size)
+        async with kafka.started(producer), kafka.started(consumer):
+            consumer.subscribe([self._topics.events], listener=_Rebalance(self))
+            self._ready = True
+            log.info("router.started", group=self.group_id, topic=self._topics.events,
+                     validation=self._policy.validation, webhooks=len(self._table))
+            try:
+                await self._loop(consumer, producer, stop)
+            finally:
+                self._ready = False
+        log.info("router.stopped", events=self.events_routed, deliveries=self.deliveries_produced)
+
+    async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                    stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set() and not self._done():
+                poll = consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=self._limit())
+                fetch = asyncio.ensure_future(poll)
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    await asyncio.gather(fetch, return_exceptions=True)
+                    return
+                batch, generation = fetch.result(), self._generation
+                if not batch:
+                    if self._until_idle and await self._idle(consumer):
+                        return
+                    continue
+                async with self._lock:
+                    if self._rebalancing or generation != self._generation:
+                        log.info("router.batch_dropped", reason="rebalance",
+                                 records=sum(len(r) for r in batch.values()))
+                        continue
+                    await self._process(consumer, producer, batch)
+        finally:
+            stopping.cancel()
+
+    def _done(self) -> bool:
+        return self._max_records is not None and self.events_routed >= self._max_records
+
+    def _limit(self) -> int:
+        size = self._settings.router.batch_size
+        if self._max_records is None:
+            return size
+        return max(1, min(size, self._max_records - self.events_routed))
+
+    async def _idle(self, consumer: AIOKafkaConsumer) -> bool:
+        """Every assigned partition is routed and committed up to its end offset."""
+        assigned = consumer.assignment()
+        if not assigned or self._rebalancing:
+            return False
+        ends = await consumer.end_offsets(list(assigned))
+        for tp, end in ends.items():
+            if (await consumer.committed(tp) or 0) < end:
+                return False
+        return True
+
+    # --- one batch ------------------------------------------------------------------------------
+    async def _process(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batch: Batch) -> None:
+        routed_time = iso_time(self._clock())
+        lookup = self._table.matching
+        policy = self._policy
+        results = [
+            route(IncomingEvent(r.topic, r.partition, r.offset, r.key, r.value, r.headers), lookup,
+                  routed_time=routed_time, policy=policy)
+            for records in batch.values() for r in records
+        ]
+        await self._produce(producer, results)
+        acked = self._clock()
+        await self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()})
+        self._observe(results, acked)
+        self._observe_lag(consumer, batch)
+
+    async def _produce(self, producer: AIOKafkaProducer, results: Iterable[RouteResult]) -> None:
+        """Send every record of the batch from this coroutine, then await all acks (bounded)."""
+        deliveries, invalid = self._topics.deliveries, self._topics.invalid
+        send = producer.send
+        timeout = self._settings.kafka.send_timeout_s
+        try:
+            futures = []
+            for result in results:
+                if isinstance(result, Routed):
+                    for d in result.deliveries:
+                        futures.append(await send(deliveries, value=d.value, key=d.key, headers=d.headers))
+                else:
+                    futures.append(await send(invalid, value=result.value, key=result.key,
+                                              headers=result.headers))
+            if futures:
+                await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise KafkaUnavailableError(f"router could not produce a batch within {timeout}s: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us: the new owner re-routes from the last commit (same ids).
+            log.warning("router.commit_failed", error=f"{type(exc).__name__}: {exc}",
+                        partitions=sorted(tp.partition for tp in offsets))
+
+    # --- observability --------------------------------------------------------------------------
+    def _observe(self, results: Sequence[RouteResult], acked: float) -> None:
+        m = self._metrics
+        outcomes: Counter[tuple[str, str]] = Counter()
+        reasons: Counter[str] = Counter()
+        produced = 0
+        for result in results:
+            outcomes[event_type_label(result.event_type), result.outcome] += 1
+            if isinstance(result, Invalid):
+                reasons[result.reason] += 1
+                log.info("event.invalid", event_id=result.event_id, event_type=result.event_type,
+                         account_id=result.account_id, reason=result.reason, detail=result.detail)
+                continue
+            fanout = len(result.deliveries)
+            produced += fanout
+            m.fanout.observe(fanout)
+            if fanout:
+                started = epoch_of(result.event_time)
+                if started is not None:
+                    m.routing_latency.observe(max(0.0, acked - started))
+            log.debug("event.routed", event_id=result.event_id, event_type=result.event_type,
+                      account_id=result.account_id, fanout=fanout)
+        for (event_type, outcome), count in outcomes.items():
+            m.events_consumed.labels(event_type, outcome).inc(count)
+        for reason, count in reasons.items():
+            m.events_invalid.labels(reason).inc(count)
+        m.deliveries_routed.inc(produced)
+        m.router_batch.observe(len(results))
+        self.events_routed += len(results)
+        self.deliveries_produced += produced
+
+    def _observe_lag(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        assigned = consumer.assignment()
+        for tp, records in batch.items():
+            highwater = consumer.highwater(tp) if tp in assigned else None
+            if highwater is not None:
+                lag = max(0, highwater - (records[-1].offset + 1))
+                self._metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+
+
+async def _first(wait: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``wait`` unless ``stop`` comes first. True if ``wait`` finished."""
+    task = asyncio.ensure_future(wait)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    return True

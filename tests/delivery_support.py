@@ -1,0 +1,163 @@
+"""Helpers of the delivery tests (and the benchmark): webhooks, delivery records, a running stack."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from schemas.examples import example
+from services.delivery.worker import DeliveryWorker
+from services.shared import headers as h
+from services.shared import kafka
+from services.shared.deliveries import delivery_key, first_attempt_headers
+from services.shared.metrics import Metrics
+from services.shared.settings import Settings
+from services.shared.subscriptions import (
+    SigningSecret,
+    SubscriptionStore,
+    SubscriptionTable,
+    Webhook,
+    new_secret,
+    new_webhook_id,
+    now_iso,
+)
+from services.shared.topics import Topics
+
+READY_TIMEOUT_S = 30.0
+
+
+def make_webhook(url: str, *, account_id: int = 1, secrets: int = 1, enabled: bool = True,
+                 total_timeout_s: float | None = None, connect_timeout_s: float | None = None) -> Webhook:
+    stamp = now_iso()
+    return Webhook(id=new_webhook_id(), account_id=account_id, url=url, subscriptions=["message_created"],
+                   enabled=enabled, created_at=stamp, updated_at=stamp,
+                   secrets=[SigningSecret(secret=new_secret(), created_at=f"2026-01-0{n + 1}T00:00:00.000Z")
+                            for n in range(secrets)],
+                   total_timeout_s=total_timeout_s, connect_timeout_s=connect_timeout_s)
+
+
+@dataclass
+class Delivery:
+    webhook_id: int
+    key: bytes
+    value: bytes
+    headers: h.Headers
+    delivery_id: str = ""
+    event_id: str = ""
+
+
+def delivery(webhook: Webhook, *, conversation: int | None = 1, body: bytes | None = None, seq: int = 0,
+             event_type: str = "message_created") -> Delivery:
+    """A delivery record as the router writes it (attempt 1)."""
+    event_id = str(uuid.uuid4())
+    if body is None:
+        payload: dict[str, Any] = example(event_type, account_id=webhook.account_id,
+                                          conversation_id=1 if conversation is None else conversation)
+        payload["content"] = f"olá ✓ {seq}"
+        payload["akece_seq"] = seq
+        body = orjson.dumps(payload)
+    headers = first_attempt_headers(event_id=event_id, event_type=event_type, account_id=str(webhook.account_id),
+                                    webhook_id=webhook.id, event_time=now_iso(), routed_time=now_iso())
+    values = h.to_dict(headers)
+    return Delivery(webhook.id, delivery_key(webhook.id, None if conversation is None else str(conversation)),
+                    body, headers, values[h.DELIVERY_ID], event_id)
+
+
+async def produce(settings: Settings, items: Sequence[Delivery], topic: str | None = None) -> None:
+    topic = topic or Topics.from_settings(settings).deliveries
+    async with kafka.started(kafka.producer(settings)) as producer:
+        for start in range(0, len(items), 5000):
+            futures = [await producer.send(topic, value=d.value, key=d.key, headers=d.headers)
+                       for d in items[start:start + 5000]]
+            await asyncio.gather(*futures)
+
+
+async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
+    """The first ``count`` records of ``topic`` (all partitions, no group); waits for them."""
+    consumer = kafka.consumer(settings, group_id=None)
+    found: list[Any] = []
+    async with kafka.started(consumer):
+        ends = await kafka.end_offsets(consumer, topic)
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        async with asyncio.timeout(timeout):
+            while len(found) < count:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    found.extend(batch)
+    return found
+
+
+async def committed(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
+    consumer = kafka.consumer(settings, group_id=group_id)
+    async with kafka.started(consumer):
+        ends = await kafka.end_offsets(consumer, topic)
+        out = {}
+        for tp in ends:
+            out[tp.partition] = await consumer.committed(TopicPartition(topic, tp.partition)) or 0
+        return out
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    table: SubscriptionTable
+    store: SubscriptionStore
+    metrics: Metrics = field(default_factory=lambda: Metrics(CollectorRegistry()))
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.from_settings(self.settings)
+
+    async def add(self, *webhooks: Webhook) -> None:
+        for webhook in webhooks:
+            await self.store.put(webhook)
+
+    def worker(self, **kwargs: Any) -> DeliveryWorker:
+        return DeliveryWorker(self.settings, self.table, self.store, self.metrics, **kwargs)
+
+    async def until_idle(self, timeout: float = 60.0, **kwargs: Any) -> DeliveryWorker:
+        worker = self.worker(until_idle=True, **kwargs)
+        async with asyncio.timeout(timeout):
+            await worker.run(asyncio.Event())
+        return worker
+
+    @asynccontextmanager
+    async def running(self, **kwargs: Any) -> AsyncIterator[DeliveryWorker]:
+        """A worker running in the background; stopped (drained) on exit, its errors re-raised."""
+        worker = self.worker(**kwargs)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            yield worker
+        finally:
+            stop.set()
+            async with asyncio.timeout(60):
+                await task
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@asynccontextmanager
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    """Topics ensured, a subscription table following, a store writing through it."""
+    await kafka.ensure_topics(settings)
+    table = SubscriptionTable(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(table.run(stop))
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await table.wait_ready()
+        async with kafka.started(kafka.producer(settings)) as producer:
+            yield Stack(settings, table, SubscriptionStore(settings, table, producer))
+    finally:
+        stop.set()
+        await task

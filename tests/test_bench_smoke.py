@@ -1,0 +1,128 @@
+"""The benchmark harness's pieces that need no broker: receivers, arrival logs, workload, report."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.e2e import Workload, percentile, steady_rate, timeline
+from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
+from services.shared.deliveries import delivery_id
+from services.shared.kafka_local import free_port
+
+
+def post(url: str, delivery: str, timeout: float = 5) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=b'{"event":"message_created"}', method="POST",
+                                     headers={"webhook-id": delivery, "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def wait_lines(log: ArrivalLog, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while log.poll() or log.lines < n:
+        assert time.monotonic() < deadline, f"{log.lines} arrival lines, expected {n}"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make tools)")
+def test_nginx_receiver_answers_post_and_logs_the_delivery_id(tmp_path: Path) -> None:
+    with Nginx(tmp_path, free_port()) as nginx:
+        assert post(f"{nginx.url}/hooks/1", "d-1") == (200, b"{}")
+        assert post(f"{nginx.url}/hooks/1", "d-1")[0] == 200
+        assert post(f"{nginx.url}/hooks/2", "d-2")[0] == 200
+    log = ArrivalLog(nginx.log_glob)  # stopping nginx flushed its buffered access log
+    log.poll()
+    assert {"d-1", "d-2"} <= set(log.first)
+    assert log.repeats["d-1"] == 1
+    assert abs(log.first["d-2"] - time.time()) < 30
+
+
+def test_python_receiver_delays_and_holds(tmp_path: Path) -> None:
+    with PyReceiver(tmp_path, free_port(), hang_s=0.3) as receiver:
+        started = time.monotonic()
+        assert post(f"{receiver.url}/slow/100/7", "slow-1")[0] == 200
+        assert time.monotonic() - started >= 0.1
+        assert post(f"{receiver.url}/hang/8", "held-1")[0] == 200  # held 0.3 s, then answered
+        log = ArrivalLog(receiver.log_glob)
+        wait_lines(log, 3)  # /ready, slow, held
+    assert "slow-1" in log.first
+    assert log.held["held-1"] == 1 and "held-1" not in log.first
+
+
+def test_arrival_log_reads_appended_and_partial_lines(tmp_path: Path) -> None:
+    path = tmp_path / "arrivals-py-0.log"
+    path.write_text("1.000 a 200\n1.500 b 0\n2.000 a 2")
+    log = ArrivalLog(str(tmp_path / "arrivals-py-*.log"))
+    assert log.poll() == 2
+    with path.open("a") as handle:
+        handle.write("00\n3.000 c 500\n")
+    assert log.poll() == 2
+    assert log.first == {"a": 1.0} and log.repeats["a"] == 1
+    assert log.held["b"] == 1 and log.other[500] == 1
+
+
+def test_workload_fans_out_to_the_accounts_webhooks() -> None:
+    workload = Workload.plan(webhooks=20, fanout=2, hang_fraction=0.05)
+    assert len(workload.accounts) == 10
+    assert sum(h.hanging for h in workload.hooks) == 1
+    events = workload.events(30, seed=1)
+    deliveries = [d for e in events for d in workload.deliveries(e)]
+    assert len(deliveries) == 60
+    first = events[0]
+    hook = workload.by_account[first.account_id][0]
+    assert (delivery_id(first.event_id, hook.id), hook) in workload.deliveries(first)
+    assert len(workload.healthy_ids(events)) + len(workload.held_ids(events)) == 60
+
+
+def test_rates_and_percentiles() -> None:
+    times = [i / 1000 for i in range(2000)]  # 1000 per second for 2 s
+    assert steady_rate(times) == pytest.approx(1000, rel=0.01)
+    assert percentile(sorted([5.0, 1.0, 3.0]), 0.5) == 3.0
+    assert timeline([0.1, 0.2, 1.5], 0.0) == [2, 1]
+
+
+def fake_result() -> dict[str, Any]:
+    def scenario(name: str, rate: int, p99: float, hanging: int = 0) -> dict[str, Any]:
+        return {"name": name, "title": name, "hanging_webhooks": hanging,
+                "drain": {"expected": 1000, "delivered": 1000, "sustained_per_s": rate, "timeline": [rate] * 3,
+                          "stopped_because": "complete", "ready_s": 1.0, "last_arrival_s": 4.0,
+                          "cpu_us_per_delivery": {"router": 50.0, "delivery": 250.0}},
+                "paced": {"target_per_s": rate // 2, "latency_ms": {"p50": 5.0, "p95": 20.0, "p99": p99}},
+                "processes": {"router": {"cpu_s": 1.0, "peak_rss_mb": 80.0},
+                              "delivery": {"cpu_s": 3.0, "peak_rss_mb": 110.0}},
+                "missing_total": 0, "duplicates": 0, "held": {"deliveries": 50, "attempts_seen": 20},
+                "parked": {"retried": 10, "dead_lettered": 0, "held_unaccounted": 40}}
+
+    limits = {"kafka": {"per_s": 20000, "produce_per_s": 25000, "consume_per_s": 100000, "records": 1000,
+                        "avg_record_bytes": 2400},
+              "http": {"per_s": 10000, "concurrency": 64, "client_cpu_us_per_request": 80.0},
+              "receivers": {"nginx": {"capacity_per_s": 150000, "detail": "cpu"}}}
+    meta = {"date": "2026-01-01", "machine": {"cpus": 2, "cpu_model": "test", "memory_gb": 4, "os": "Linux",
+                                              "python": "3.11", "aiokafka": "0.14", "aiohttp": "3.9",
+                                              "uvloop": None, "kafka": "4.1.1"},
+            "config": {"events": 1000, "webhooks": 10, "accounts": 10, "fanout": 1, "avg_event_bytes": 2400,
+                       "partitions": 6, "timeout_s": 5.0, "log_level": "info", "quick": True}}
+    return report.build(limits, [scenario("instant", 4100, 50.0), scenario("hang5", 3900, 60.0, hanging=1)],
+                        meta)
+
+
+def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = fake_result()
+    assert result["limits"]["combined_per_s"] == 6667
+    verdicts = {t["name"]: t["met"] for t in result["targets"]}
+    assert verdicts["throughput vs combined bound (instant)"]  # 4100 / 6667 = 61%
+    assert verdicts["healthy webhooks' throughput with 5% hanging (vs instant)"]  # 95%
+    paths = report.write(result, tmp_path, "smoke")
+    text = paths["md"].read_text()
+    assert "| instant | 1,000 | **4,100** |" in text
+    assert "combined 1/(1/a + 1/b) | 6,667" in text
+    assert json.loads(paths["json"].read_text())["scenarios"][0]["name"] == "instant"
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
