@@ -26,6 +26,7 @@ from services.admin.auth import TokenAuthenticator, token_from_headers
 from services.admin.routes import PRINCIPAL, SERVICE, json_response
 from services.admin.service import Clock, WebhookService
 from services.admin.validation import BadRequest, Invalid
+from services.replay.api import add_replay_routes
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics, status_class
@@ -130,6 +131,7 @@ def create_app(settings: Settings, table: SubscriptionTable, store: Subscription
     app[AUTH] = auth
     app[METRICS] = metrics
     routes.add_routes(app)
+    add_replay_routes(app, settings, table, store)
     document = openapi_document()
 
     async def openapi(_: web.Request) -> web.Response:

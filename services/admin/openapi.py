@@ -16,6 +16,7 @@ from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from services import __version__
 from services.admin import validation
 from services.admin.routes import ROTATE, ROUTES, WEBHOOK, WEBHOOKS, Route
+from services.replay.api import ROUTES as RECOVERY_ROUTES
 
 PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
@@ -103,8 +104,30 @@ _RESPONSES["putWebhook"] = _RESPONSES["updateWebhook"]
 
 
 def _parameters(path: str) -> list[dict[str, Any]]:
-    names = [n for n in ("account_id", "id") if "{" + n + "}" in path]
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "integer"}} for n in names]
+    names = [n for n in ("account_id", "id", "replay_id") if "{" + n + "}" in path]
+    return [{"name": n, "in": "path", "required": True,
+             "schema": {"type": "string" if n == "replay_id" else "integer"}} for n in names]
+
+
+def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
+    """Dead letters, replay and recover (``services.replay.api``): JSON in, JSON out."""
+    name = path.rsplit("/", 1)[-1].strip("{}")
+    operation: dict[str, Any] = {
+        "operationId": f"{method.lower()}_{name}", "summary": summary, "tags": ["recovery"],
+        "parameters": _parameters(path),
+        "responses": {"200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}},
+                      **_ERRORS},
+    }
+    if method == "POST":
+        operation["requestBody"] = {"required": False, "content": {JSON: {"schema": {
+            "type": "object", "properties": {
+                "since": {"type": "string", "description": "ISO-8601 or relative (2h, 30m, 7d)"},
+                "until": {"type": "string"}, "event": {"type": "string"}, "reason": {"type": "string"},
+                "dry_run": {"type": "boolean"}, "rate": {"type": "number"}, "force": {"type": "boolean"},
+                "enable": {"type": "boolean"}}}}}}
+        operation["responses"]["202"] = {"description": "Started; the body has replay_id and count"}
+        operation["responses"]["409"] = {"description": "Already replayed, or a run is active"}
+    return operation
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -128,6 +151,8 @@ def build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {WEBHOOKS: {}, WEBHOOK: {}, ROTATE: {}}
     for route in ROUTES:
         paths[route.path][route.method.lower()] = _operation(route)
+    for method, path, summary in RECOVERY_ROUTES:
+        paths.setdefault(path, {})[method.lower()] = _recovery_operation(method, path, summary)
     paths["/healthz"] = _plain("healthz", "Liveness of the process's workers")
     paths["/readyz"] = _plain("readyz", "Ready once the subscription table has caught up")
     paths["/metrics"] = _plain("metrics", "Prometheus metrics", "text/plain")

@@ -88,18 +88,7 @@ def reader(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     return kafka.consumer(settings, group_id=None, **options)
 
 
-async def topic_ends(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
-    """End offsets of every partition of ``topic`` (``{}``: no such topic).
-
-    Unlike ``kafka.end_offsets`` this also works on a consumer that already has an assignment:
-    aiokafka then tracks only the assigned topics' metadata, so the topic is added first.
-    """
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer._client.add_topic(topic)
-        partitions = consumer.partitions_for_topic(topic)
-    tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-    return dict(await consumer.end_offsets(tps)) if tps else {}
+topic_ends = kafka.end_offsets  # works before and after an assignment
 
 
 async def offset_ranges(consumer: AIOKafkaConsumer, topic: str, window: Window) -> Ranges:

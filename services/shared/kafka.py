@@ -124,9 +124,14 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
 
 
 async def end_offsets(consumer_: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    """End offset of every partition of ``topic`` (works before and after an assignment)."""
     partitions = consumer_.partitions_for_topic(topic) or set()
     if not partitions:
-        await consumer_._client.force_metadata_update()  # a fresh client knows no partitions yet
+        # A consumer only tracks metadata of the topics it uses: ask for this one explicitly.
+        await consumer_._client.add_topic(topic)
+        partitions = consumer_.partitions_for_topic(topic) or set()
+    if not partitions:  # already tracked, but metadata may predate the topic's creation
+        await consumer_._client.force_metadata_update()
         partitions = consumer_.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     return dict(await consumer_.end_offsets(tps)) if tps else {}
