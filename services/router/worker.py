@@ -112,6 +112,8 @@ class RouterWorker:
         """Wait for the batch in flight (it commits), and start no other until the new assignment."""
         async with self._lock:
             self._rebalancing = True
+        for tp in partitions:  # the new owner reports these partitions' lag
+            self._metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
         log.info("router.partitions_revoked", partitions=len(partitions))
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -157,6 +159,7 @@ class RouterWorker:
                     return
                 batch, generation = fetch.result(), self._generation
                 if not batch:
+                    await self._refresh_lag(consumer)
                     if self._until_idle and await self._idle(consumer):
                         return
                     continue
@@ -281,6 +284,15 @@ class RouterWorker:
             highwater = consumer.highwater(tp) if tp in assigned else None
             if highwater is not None:
                 lag = max(0, highwater - (records[-1].offset + 1))
+                self._metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+
+
+    async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag of every assigned partition, also when no records arrive (an idle router reads 0)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag = max(0, highwater - await consumer.position(tp))
                 self._metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
 
 
