@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -68,16 +67,18 @@ class Job:
     key: bytes  # ordering key: the record's key, or ``<webhook>:-``
     record_key: bytes | None
     value: bytes
-    packed: bytes  # the record's headers, packed: one object instead of ~30 while the job waits
+    headers: h.Headers
     webhook_id: int
+    meta: DeliveryMeta
     fetched_at: float
 
-    def headers(self) -> h.Headers:
-        return [(name, value.encode("latin-1")) for name, value in orjson.loads(self.packed)]
+
+_NAMES: dict[str, str] = {}
 
 
-def _pack(headers: Any) -> bytes:
-    return orjson.dumps([(name, (value or b"").decode("latin-1")) for name, value in headers])
+def _compact(headers: Any) -> h.Headers:
+    """Record headers with one shared string per header name (saves ~600 bytes per held record)."""
+    return [(_NAMES.setdefault(name, name), value) for name, value in headers]
 
 
 class DeliveryWorker:
@@ -240,7 +241,7 @@ class DeliveryWorker:
             ledger = self._take(tp, record.offset, meta.due_at)
             key = record.key or f"{meta.webhook_id}:-".encode()
             self._dispatcher.submit(Job(tp, record.offset, ledger, key, record.key, record.value,
-                                        _pack(record.headers), meta.webhook_id, now))
+                                        _compact(record.headers), meta.webhook_id, meta, now))
         if skip is not None and not skip:
             del self._skips[tp]
 
@@ -279,23 +280,23 @@ class DeliveryWorker:
     # --- one delivery ------------------------------------------------------------------------
     async def _deliver(self, job: Job) -> None:
         started_at = time.time()
-        headers = job.headers()
-        meta = DeliveryMeta.from_headers(h.to_dict(headers))  # validated when the record was taken
-        result = await self._attempt(job, meta, started_at)
+        result = await self._attempt(job, started_at)
         now = time.time()
+        meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
         if isinstance(step, DeadLetter) and step.disable:
             await self._disable(meta.webhook_id, f"410 Gone from the receiver at {records.iso(now)}", "gone")
         if result.sent and self._circuits.record(meta.webhook_id, result.ok, now):
             since = self._circuits.failing_since(meta.webhook_id) or now
             await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
-        acks = await self._follow_up(job, headers, meta, result, step, started_at, now)
+        acks = await self._follow_up(job, result, step, started_at, now)
         self._dispatcher.release(job)
-        self._observe(meta, result, step, now)
+        self._observe(job, result, step, now)
         await self._acknowledged(acks)
         self._finish(job.ledger, job.offset)
 
-    async def _attempt(self, job: Job, meta: DeliveryMeta, started_at: float) -> AttemptResult:
+    async def _attempt(self, job: Job, started_at: float) -> AttemptResult:
+        meta = job.meta
         webhook = self._table.get(meta.webhook_id)
         if webhook is None or not webhook.enabled:
             webhook = await self._fresh_webhook(job)
@@ -308,20 +309,22 @@ class DeliveryWorker:
             failures = self._circuits.failures(meta.webhook_id)
             return AttemptResult(error_class="circuit_open",
                                  error_message=f"circuit open after {failures} consecutive failures")
-        return await self._post(job.value, meta, webhook, started_at)
+        return await self._post(job, webhook, started_at)
 
-    async def _post(self, body: bytes, meta: DeliveryMeta, webhook: Webhook, started_at: float) -> AttemptResult:
+    async def _post(self, job: Job, webhook: Webhook, started_at: float) -> AttemptResult:
         assert self._sender is not None
-        headers = request_headers(delivery_id=meta.delivery_id, timestamp=int(started_at), body=body,
+        body = job.value
+        headers = request_headers(delivery_id=job.meta.delivery_id, timestamp=int(started_at), body=body,
                                   secrets=webhook.active_secrets(started_at),
                                   prefix=self._settings.http.header_prefix)
         return await self._sender.post(webhook.url, body, headers, connect_timeout_s=webhook.connect_timeout_s,
                                        total_timeout_s=webhook.total_timeout_s)
 
-    async def _follow_up(self, job: Job, headers: h.Headers, meta: DeliveryMeta, result: AttemptResult,
-                         step: Step, started_at: float, now: float) -> list[asyncio.Future[Any]]:
+    async def _follow_up(self, job: Job, result: AttemptResult, step: Step, started_at: float,
+                         now: float) -> list[asyncio.Future[Any]]:
         """Enqueue the attempt log record and the retry/DLQ record; their acknowledgements."""
         assert self._producer is not None
+        meta = job.meta
         retry = step if isinstance(step, Retry) else None
         dead = step if isinstance(step, DeadLetter) else None
         log_value = records.attempt_record(
@@ -331,13 +334,13 @@ class DeliveryWorker:
         acks = [await self._producer.send(self._topics.attempts, value=log_value,
                                           key=str(meta.webhook_id).encode())]
         if retry is not None:
-            acks.append(await self._producer.send(
-                self._topics.retry(retry.tier), value=job.value, key=job.record_key,
-                headers=records.retry_headers(headers, meta, result, retry, started_at)))
+            headers = records.retry_headers(job.headers, meta, result, retry, started_at)
+            acks.append(await self._producer.send(self._topics.retry(retry.tier), value=job.value,
+                                                  key=job.record_key, headers=headers))
         elif dead is not None:
-            acks.append(await self._producer.send(
-                self._topics.dlq, value=job.value, key=job.record_key,
-                headers=records.dlq_headers(headers, meta, result, dead.reason, started_at, now)))
+            headers = records.dlq_headers(job.headers, meta, result, dead.reason, started_at, now)
+            acks.append(await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key,
+                                                  headers=headers))
         return acks
 
     async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> None:
@@ -362,8 +365,8 @@ class DeliveryWorker:
         self._metrics.dead_letters.labels("malformed_record").inc()
         self._finish(ledger, record.offset)
 
-    def _observe(self, meta: DeliveryMeta, result: AttemptResult, step: Step, now: float) -> None:
-        m, child = self._metrics, self._child
+    def _observe(self, job: Job, result: AttemptResult, step: Step, now: float) -> None:
+        meta, m, child = job.meta, self._metrics, self._child
         outcome = _outcome(step)
         klass = status_class(result.status)
         child(m.deliveries, outcome, klass).inc()
