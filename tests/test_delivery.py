@@ -351,3 +351,33 @@ async def test_a_missing_retry_tier_topic_stops_the_worker_at_start(settings: Se
         worker = DeliveryWorker(changed, s.table, s.store, s.metrics)
         with pytest.raises(KafkaUnavailableError, match=r"retry\.3s does not exist"):
             await worker.run(asyncio.Event())
+
+
+async def test_a_webhook_that_does_not_keep_up_moves_its_backlog_to_the_retry_tier(kafka_bootstrap: str,
+                                                                                    receiver: Receiver) -> None:
+    settings = make_settings(kafka_bootstrap, delivery={"per_webhook_concurrency": 1, "per_webhook_backlog": 5,
+                                                        "per_webhook_backlog_s": 0})
+    receiver.set("/slow", hold=True)
+    async with stack(settings) as s:
+        slow, fast = make_webhook(receiver.url("/slow")), make_webhook(receiver.url("/fast"))
+        await s.add(slow, fast)
+        slow_items = [delivery(slow, conversation=c) for c in range(40)]
+        fast_items = [delivery(fast, conversation=c) for c in range(4)]  # under the backlog: held, never shed
+        slow_ids = {i.delivery_id for i in slow_items}
+        await produce(settings, slow_items + fast_items)
+        async with s.running():
+            await receiver.wait_for(4, timeout=30, path="/fast")  # while /slow holds its one request
+            early = attempts_of(await read_topic(settings, s.topics.attempts, 4 + 34))
+            shed = [a for a in early if a["error_class"] == "webhook_backlog"]
+            assert len(shed) == 34 and {a["webhook_id"] for a in shed} == {slow.id}  # 1 running + 5 wait
+            assert all(a["outcome"] == "retry" for a in shed)
+            receiver.set("/slow", status=200)
+            receiver.release("/slow")
+        await s.until_idle()  # what still waits in the retry tiers
+        delivered = {r.headers["webhook-id"] for r in receiver.requests if r.answered == 200}
+        assert {i.delivery_id for i in fast_items} <= delivered
+        dead = {x[h.DELIVERY_ID]: x for x in await dlq(s, len(slow_ids - delivered))}
+        assert slow_ids == (delivered & slow_ids) | set(dead)  # nothing lost: the receiver or the DLQ
+        assert all(x[h.DLQ_REASON] == "exhausted" and x[h.LAST_ERROR_CLASS] == "webhook_backlog"
+                   for x in dead.values())
+        assert s.sample("akece_webhooks_retries_scheduled_total", tier="1s") >= 34

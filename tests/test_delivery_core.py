@@ -145,6 +145,21 @@ def test_per_webhook_bulkhead_does_not_block_others() -> None:
     dispatcher.release(fast[0])
     assert started[-1] is fast[2]
     assert dispatcher.queued == 5  # three slow and two fast wait
+    assert (dispatcher.waiting(1), dispatcher.waiting(2), dispatcher.waiting(3)) == (3, 2, 0)
+
+
+def test_waiting_counts_follow_start_drop_and_close() -> None:
+    dispatcher, started = make(100, 1)
+    jobs = [FakeJob(f"k{n}", 7, n) for n in range(4)] + [FakeJob("k0", 7, 4)]  # the last waits behind k0's head
+    for job in jobs:
+        dispatcher.submit(job)
+    assert started == jobs[:1] and dispatcher.waiting(7) == 4
+    dispatcher.release(jobs[0])
+    assert dispatcher.waiting(7) == 3
+    assert dispatcher.drop(lambda job: job.n == 4) == [jobs[4]]
+    assert dispatcher.waiting(7) == 2
+    dispatcher.close()
+    assert dispatcher.waiting(7) == 0
 
 
 def test_global_cap_round_robin() -> None:
@@ -157,6 +172,23 @@ def test_global_cap_round_robin() -> None:
     while dispatcher.running:
         dispatcher.release(started[len(started) - dispatcher.running])
     assert started == [a[0], a[1], a[2], b[0], a[3], b[1], b[2]]  # webhooks take turns
+
+
+def test_overloaded_once_the_backlog_stayed_full_for_a_while() -> None:
+    now = [0.0]
+    dispatcher: Dispatcher[FakeJob] = Dispatcher(100, 1, lambda job: None, backlog=3, clock=lambda: now[0])
+    jobs = [FakeJob(f"k{n}", 1, n) for n in range(4)]  # one runs, three wait
+    for job in jobs:
+        dispatcher.submit(job)
+    assert dispatcher.waiting(1) == 3 and not dispatcher.overloaded(1, 10)
+    now[0] = 9.0
+    assert not dispatcher.overloaded(1, 10)
+    now[0] = 10.0
+    assert dispatcher.overloaded(1, 10) and not dispatcher.overloaded(2, 10)
+    dispatcher.release(jobs[0])  # a burst it drains: below the backlog, the clock starts again
+    assert not dispatcher.overloaded(1, 0)
+    dispatcher.submit(FakeJob("k9", 1, 9))
+    assert dispatcher.overloaded(1, 0) and not dispatcher.overloaded(1, 1)
 
 
 def test_drop_removes_queued_and_promotes_next_of_key() -> None:
@@ -202,6 +234,16 @@ def test_circuit_opens_probes_and_closes() -> None:
     circuits.record(1, True, 24)
     assert circuits.state(1) == CLOSED and circuits.open_count == 0
     assert circuits.allow(2, 0)
+
+
+def test_a_probe_that_never_went_out_lets_the_next_one_probe() -> None:
+    circuits = Circuits(threshold=1, open_s=10, disable_after_s=10**6)
+    circuits.record(1, False, 0)
+    assert circuits.allow(1, 11) and not circuits.allow(1, 11)
+    circuits.abandon(1)  # blocked or cancelled before a request went out
+    assert circuits.state(1) == HALF_OPEN and circuits.allow(1, 12)
+    circuits.abandon(2)  # unknown webhooks and closed circuits: nothing to do
+    assert circuits.state(2) == CLOSED
 
 
 def test_auto_disable_once_after_period_without_success() -> None:

@@ -48,6 +48,12 @@ class Circuits:
             return True
         return False
 
+    def abandon(self, webhook_id: int) -> None:
+        """An allowed attempt did not go out (blocked, cancelled): a half-open probe may go again."""
+        state = self._states.get(webhook_id)
+        if state is not None and state.state == HALF_OPEN:
+            state.probing = False
+
     def record(self, webhook_id: int, ok: bool, now: float) -> bool:
         """Record an attempt that went out. True once when the webhook should be auto-disabled."""
         if ok:

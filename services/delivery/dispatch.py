@@ -3,6 +3,9 @@
 - Per key (``<webhook>:<conversation>``): a queue; only its head may run, the next one starts when
   the head is released, so one conversation's deliveries go out in offset order.
 - Per webhook: at most ``per_webhook`` running; heads beyond that wait in the webhook's own queue.
+- Per webhook, ``waiting(webhook)`` counts its jobs not yet started; ``overloaded(webhook, for_s)``
+  says whether that count has stayed at or above ``backlog`` for ``for_s`` seconds: the webhook is
+  not keeping up (a burst it drains does not count), and the worker stops holding more of it.
 - Globally: at most ``max_concurrency`` running. Webhooks with waiting heads and free slots take
   turns (round robin), so a slow webhook holds only its own slots and never the dispatcher.
 
@@ -12,6 +15,7 @@ may run now.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
@@ -29,21 +33,38 @@ J = TypeVar("J", bound=Dispatchable)
 
 
 class Dispatcher(Generic[J]):
-    def __init__(self, max_concurrency: int, per_webhook: int, start: Callable[[J], None]) -> None:
+    def __init__(self, max_concurrency: int, per_webhook: int, start: Callable[[J], None], *,
+                 backlog: int = 2**62, clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_concurrency
         self._per_webhook = per_webhook
         self._start = start
+        self._backlog = backlog
+        self._clock = clock
+        self._full_since: dict[int, float] = {}  # webhook -> since when its waiting jobs >= backlog
         self._keys: dict[Hashable, deque[J] | None] = {}  # active key -> jobs waiting behind its head
         self._ready: dict[int, deque[J]] = {}  # webhook -> key heads waiting for a slot
         self._running: dict[int, int] = {}  # webhook -> running jobs
         self._turns: deque[int] = deque()  # webhooks with ready heads and a free slot
         self._in_turns: set[int] = set()
+        self._waiting: dict[int, int] = {}  # webhook -> its jobs submitted and not yet started
         self.running = 0
         self.queued = 0
         self.closed = False
 
+    def waiting(self, webhook_id: int) -> int:
+        """How many of this webhook's jobs wait (submitted, not started)."""
+        return self._waiting.get(webhook_id, 0)
+
+    def overloaded(self, webhook_id: int, for_s: float) -> bool:
+        """Its waiting jobs have stayed at or above ``backlog`` for at least ``for_s`` seconds."""
+        since = self._full_since.get(webhook_id)
+        return since is not None and self._clock() - since >= for_s
+
     def submit(self, job: J) -> None:
         self.queued += 1
+        count = self._waiting[job.webhook_id] = self._waiting.get(job.webhook_id, 0) + 1
+        if count == self._backlog:
+            self._full_since[job.webhook_id] = self._clock()
         if job.key in self._keys:  # active: wait behind it (a deque only once someone waits)
             waiting = self._keys[job.key]
             if waiting is None:
@@ -102,6 +123,8 @@ class Dispatcher(Generic[J]):
         self._turns = deque(w for w in self._turns if w in self._ready)
         self._in_turns = set(self._turns)
         self.queued -= len(dropped)
+        for job in dropped:
+            self._unwait(job.webhook_id)
         for job in heads:
             self._make_ready(job)
         self._pump()
@@ -136,5 +159,15 @@ class Dispatcher(Generic[J]):
             self._running[webhook] = self._running.get(webhook, 0) + 1
             self.running += 1
             self.queued -= 1
+            self._unwait(webhook)
             self._offer_turn(webhook)
             self._start(job)
+
+    def _unwait(self, webhook: int) -> None:
+        left = self._waiting[webhook] - 1
+        if left == self._backlog - 1:
+            del self._full_since[webhook]
+        if left:
+            self._waiting[webhook] = left
+        else:
+            del self._waiting[webhook]

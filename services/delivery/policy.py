@@ -24,6 +24,7 @@ from services.shared.settings import RetrySettings
 
 PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record"})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+SKIPPED = frozenset({"circuit_open", "webhook_backlog"})  # the worker did not call the endpoint: a retriable failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class AttemptResult:
     @property
     def sent(self) -> bool:
         """Whether an HTTP request went out (or was tried): not a skip by the worker."""
-        return self.error_class not in PERMANENT and self.error_class != "circuit_open"
+        return self.error_class not in PERMANENT and self.error_class not in SKIPPED
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,9 +100,11 @@ class DeliveryWorker:
         self._tiers = {name: format_delay(delay) for name, delay in self._topics.retry_topics.items()}
         d = settings.delivery
         self._max_in_flight = d.max_in_flight
+        self._backlog_s = d.per_webhook_backlog_s
         self._circuits = Circuits(settings.circuit.failure_threshold, settings.circuit.open_s,
                                   d.auto_disable_after_s)
-        self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start)
+        self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start,
+                                                       backlog=d.per_webhook_backlog)
         self._ledger = Ledger()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
@@ -149,7 +151,6 @@ class DeliveryWorker:
             self._pauses = Pauses(consumer)
             self._gate = DueGate(consumer, self._pauses)
             consumer.subscribe(self._topics.delivery_inputs, listener=_Rebalance(self))
-            self._ready = True
             log.info("delivery.started", group=self.group_id, topics=len(self._topics.delivery_inputs),
                      max_in_flight=self._max_in_flight, max_concurrency=settings.delivery.max_concurrency)
             ticker = asyncio.create_task(self._tick_loop())
@@ -240,8 +241,12 @@ class DeliveryWorker:
                 break
             ledger = self._take(tp, record.offset, meta.due_at)
             key = record.key or f"{meta.webhook_id}:-".encode()
-            self._dispatcher.submit(Job(tp, record.offset, ledger, key, record.key, record.value,
-                                        _compact(record.headers), meta.webhook_id, meta, now))
+            job = Job(tp, record.offset, ledger, key, record.key, record.value, _compact(record.headers),
+                      meta.webhook_id, meta, now)
+            if self._dispatcher.overloaded(meta.webhook_id, self._backlog_s):
+                self._spawn(self._shed(job), tp)  # a slow webhook may not fill the memory all share
+            else:
+                self._dispatcher.submit(job)
         if skip is not None and not skip:
             del self._skips[tp]
 
@@ -281,6 +286,17 @@ class DeliveryWorker:
     async def _deliver(self, job: Job) -> None:
         started_at = time.time()
         result = await self._attempt(job, started_at)
+        await self._conclude(job, result, started_at)
+
+    async def _shed(self, job: Job) -> None:
+        """Too many records of this webhook wait already: a failed attempt, to its next retry tier."""
+        waiting = self._dispatcher.waiting(job.webhook_id)
+        result = AttemptResult(error_class="webhook_backlog",
+                               error_message=f"{waiting} deliveries already waiting for this webhook")
+        await self._conclude(job, result, time.time(), dispatched=False)
+
+    async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *, dispatched: bool = True) -> None:
+        """Next step of an attempt: disable, attempt log and retry/DLQ record acknowledged, then done."""
         now = time.time()
         meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
@@ -290,7 +306,8 @@ class DeliveryWorker:
             since = self._circuits.failing_since(meta.webhook_id) or now
             await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
-        self._dispatcher.release(job)
+        if dispatched:
+            self._dispatcher.release(job)
         self._observe(job, result, step, now)
         await self._acknowledged(acks)
         self._finish(job.ledger, job.offset)
@@ -309,7 +326,14 @@ class DeliveryWorker:
             failures = self._circuits.failures(meta.webhook_id)
             return AttemptResult(error_class="circuit_open",
                                  error_message=f"circuit open after {failures} consecutive failures")
-        return await self._post(job, webhook, started_at)
+        sent = False
+        try:
+            result = await self._post(job, webhook, started_at)
+            sent = result.sent
+            return result
+        finally:
+            if not sent:  # blocked or cancelled: a half-open probe that never went out may go again
+                self._circuits.abandon(meta.webhook_id)
 
     async def _post(self, job: Job, webhook: Webhook, started_at: float) -> AttemptResult:
         assert self._sender is not None
@@ -536,6 +560,7 @@ class DeliveryWorker:
                 self._skips[tp] = done
         for tp in assigned:
             self._pauses.discard(tp, LOADING)
+        self._ready = True  # in the group with an assignment (possibly empty: more workers than partitions)
         log.info("delivery.partitions_assigned", partitions=len(assigned),
                  completed_above_commit=sum(len(done) for done in self._skips.values()))
 

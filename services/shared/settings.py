@@ -110,6 +110,14 @@ class DeliverySettings(BaseModel):
     per_webhook_concurrency: int = Field(
         10, ge=1, description="Bulkhead: concurrent requests to one webhook per worker."
     )
+    per_webhook_backlog: int = Field(
+        500, ge=1, description="Records of one webhook waiting in a worker that mean it is not keeping up, once "
+        "they stayed that many for `per_webhook_backlog_s`.",
+    )
+    per_webhook_backlog_s: float = Field(
+        10.0, ge=0, description="After this long at or above `per_webhook_backlog`, a webhook's new records move "
+        "to their next retry tier as a failed attempt (`webhook_backlog`) instead of filling the memory all share.",
+    )
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="How long in-flight deliveries may finish after SIGTERM."
     )
