@@ -35,6 +35,7 @@ DEMO_DEFAULTS = {
     "AKECE_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",  # the demo receiver is on loopback
     "AKECE_API_ADMIN_TOKEN": "demo-admin-token",
     "AKECE_LOG_LEVEL": "warning",
+    "AKECE_LOG_FORMAT": "console",  # one readable line per dead letter between the receiver's lines
 }
 
 
