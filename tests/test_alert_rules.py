@@ -114,14 +114,38 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
 
 # --- every queried metric is exported ---------------------------------------------------------------
 
-def exposition_with_every_metric() -> str:
-    """A fresh registry's /metrics text, each labelled metric touched once so its series appear."""
+def registry_with_every_series() -> CollectorRegistry:
+    """A fresh registry, each labelled metric touched once so its series appear."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase) and value._labelnames:
             value.labels(*("sample" for _ in value._labelnames))
-    return generate_latest(registry).decode()
+    return registry
+
+
+def exposition_with_every_metric() -> str:
+    """A fresh registry's /metrics text, each labelled metric touched once so its series appear."""
+    return generate_latest(registry_with_every_series()).decode()
+
+
+# Labels that would make a series per customer or per record: unbounded, and a leak of who calls whom.
+FORBIDDEN_LABELS = {"url", "account_id", "account", "webhook_id", "webhook", "delivery_id", "event_id"}
+
+
+def test_no_metric_is_labelled_by_url_account_webhook_or_record() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    collectors = [c for c in registry._collector_to_names if isinstance(c, MetricWrapperBase)]
+    assert len(collectors) >= 25  # every metric of the module, not an empty registry
+    for collector in collectors:
+        assert not FORBIDDEN_LABELS & set(collector._labelnames), (collector._name, collector._labelnames)
+    # What is exposed, too (histogram ``le``, the build info's keys): every sample once each labelled
+    # metric has a series.
+    exposed = {name for family in registry_with_every_series().collect() for sample in family.samples
+               for name in sample.labels}
+    assert "le" in exposed and "outcome" in exposed
+    assert not FORBIDDEN_LABELS & exposed, sorted(FORBIDDEN_LABELS & exposed)
 
 
 def test_rules_and_dashboard_query_only_exported_metrics() -> None:
