@@ -112,6 +112,34 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
         assert url.partition("#")[2] == github_anchor(name), f"{name}: the section is named after the alert"
 
 
+def runbook_sections() -> dict[str, str]:
+    """Each ``## `` section of the runbook, by title."""
+    sections: dict[str, str] = {}
+    title = ""
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            sections[title] = ""
+        elif title:
+            sections[title] += line + "\n"
+    return sections
+
+
+def test_every_alert_section_gives_akece_webhooks_commands() -> None:
+    sections = runbook_sections()
+    for rule in alert_rules():
+        body = sections[rule["alert"]]
+        assert "**First commands:**" in body, rule["alert"]
+        assert "akece-webhooks " in body, f"{rule['alert']}: no akece-webhooks command to run"
+
+
+def test_invalid_events_section_says_how_to_inspect_and_recover() -> None:
+    body = runbook_sections()["AkeceWebhooksInvalidEventsSpike"]
+    assert "kcat " in body and ".events.invalid" in body
+    assert "akece-webhooks recover " in body and "akece-webhooks publish " in body
+    assert "no `akece-webhooks` command that re-publishes" in body  # said plainly, not left to guess
+
+
 # --- every queried metric is exported ---------------------------------------------------------------
 
 def registry_with_every_series() -> CollectorRegistry:
