@@ -1,6 +1,7 @@
 """Delivery benchmark: successful deliveries per second of ONE delivery worker process.
 
     python -m bench.bench_delivery [--deliveries 60000] [--slow-deliveries 30000] [--quick]
+    python -m bench.bench_delivery --metrics-overhead [--deliveries 30000] [--runs 3]
 
 Runs against ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092), broker, receivers and
 worker on the same machine. Receivers (``bench.receivers``): Debian's nginx answering 200 at once
@@ -15,6 +16,14 @@ and CPU. Throughput is the steady rate between 10% and 90% of the deliveries don
 percentiles come from the attempt log (``akece.webhooks.attempts``).
 
 Writes ``bench/results/delivery-<date>.json`` and prints a markdown table.
+
+``--metrics-overhead``: the instant scenario ``--runs`` times with metrics on and as often with a
+no-op registry (every Counter, Gauge, Histogram and Info of ``services.shared.metrics`` replaced by
+``NullMetric`` in the worker process before it builds its ``Metrics``; no service code changes),
+alternating on/off, off/on, ... so drift and a shared broker's noise fall on both. Nothing scrapes
+``/metrics`` in these runs (a metrics-off worker has nothing to report); both modes measure the same
+way: the steady rate between 10% and 90% of the attempt log's records by their Kafka timestamps,
+and the worker's CPU over that window. Writes ``bench/results/delivery-metrics-overhead-<date>.json``.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from services.shared.subscriptions import (
 from services.shared.topics import Topics
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SERVE_WITHOUT_METRICS = "--serve-deliver-without-metrics"  # internal: the worker process of a metrics-off run
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_S = 0.25
 CONVERSATIONS = 50
@@ -121,8 +131,38 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     return values
 
 
-async def run_worker(settings: Settings, deliveries: int, work: Path) -> dict[str, Any]:
-    """``akece-webhooks deliver --until-idle`` as a process, sampled until it exits."""
+class NullMetric:
+    """A metric that records nothing: ``labels()`` returns itself, every other method does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def labels(self, *args: Any, **kwargs: Any) -> NullMetric:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def serve_deliver_without_metrics() -> int:
+    """``akece-webhooks deliver --until-idle`` with every metric a ``NullMetric`` (a metrics-off run)."""
+    from services import cli
+    from services.shared import metrics
+
+    for name in ("Counter", "Gauge", "Histogram", "Info"):
+        setattr(metrics, name, NullMetric)
+    return cli.main(["deliver", "--until-idle"])
+
+
+async def run_worker(settings: Settings, deliveries: int, work: Path, *, metrics: bool = True,
+                     scrape_metrics: bool = True) -> dict[str, Any]:
+    """``akece-webhooks deliver --until-idle`` as a process, sampled until it exits.
+
+    ``metrics=False``: the worker's metrics are no-ops. ``scrape_metrics=False``: only CPU and RSS are sampled."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AKECE_")}
     env.update({"AKECE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
@@ -130,22 +170,25 @@ async def run_worker(settings: Settings, deliveries: int, work: Path) -> dict[st
                 "AKECE_METRICS_HOST": "127.0.0.1", "AKECE_METRICS_PORT": str(metrics_port),
                 "AKECE_LOG_FORMAT": "json", "AKECE_LOG_LEVEL": "info"})
     log_path = work / f"worker-{settings.topic_prefix}.log"
+    command = ["-m", "services", "deliver", "--until-idle"] if metrics else [
+        "-m", "bench.bench_delivery", SERVE_WITHOUT_METRICS]
     with log_path.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services", "deliver", "--until-idle",
+        proc = await asyncio.create_subprocess_exec(sys.executable, *command,
                                                     cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     exited = asyncio.create_task(proc.wait())
     samples: list[tuple[float, dict[str, float], float | None, float]] = []
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while not exited.done():
-            values = await scrape(session, url)
+            values = await scrape(session, url) if scrape_metrics else {"delivered": 0.0}
             if values:
                 samples.append((time.monotonic(), values, rss_mb(proc.pid), cpu_seconds([proc.pid])))
             await asyncio.wait([exited], timeout=SAMPLE_S)
     peak = max((s[2] or 0.0) for s in samples) if samples else None
     if proc.returncode != 0:
         raise RuntimeError(f"worker exited {proc.returncode}: {log_path.read_text()[-3000:]}")
-    return {"samples": samples, "peak_rss_mb": peak, "log": str(log_path)}
+    return {"samples": samples, "peak_rss_mb": peak, "log": str(log_path),
+            "wall_minus_monotonic": time.time() - time.monotonic()}
 
 
 def steady(samples: list[tuple[float, dict[str, float], float | None, float]], total: int) -> dict[str, Any]:
@@ -240,7 +283,118 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- metrics on vs off -------------------------------------------------------------------------------
+
+async def attempt_times(settings: Settings, count: int) -> list[float]:
+    """Kafka timestamps (ms) of the first ``count`` successful attempts in the attempt log, sorted."""
+    topic = Topics.from_settings(settings).attempts
+    consumer = kafka.consumer(settings, group_id=None, max_poll_records=10000)
+    times: list[float] = []
+    seen = 0
+    async with kafka.started(consumer):
+        ends = await kafka.end_offsets(consumer, topic)
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        deadline = time.monotonic() + 120
+        while seen < sum(ends.values()) and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500, max_records=10000)).values():
+                seen += len(batch)
+                times += [r.timestamp for r in batch if orjson.loads(r.value)["outcome"] == "success"]
+    if len(times) < count:
+        raise RuntimeError(f"{len(times)} successful attempts logged, {count} expected")
+    return sorted(times)
+
+
+def cpu_at(samples: list[tuple[float, dict[str, float], float | None, float]], at: float) -> float:
+    """The worker's CPU seconds at monotonic time ``at`` (linear between the two nearest samples)."""
+    before = [s for s in samples if s[0] <= at] or samples[:1]
+    after = [s for s in samples if s[0] >= at] or samples[-1:]
+    (t0, c0), (t1, c1) = (before[-1][0], before[-1][3]), (after[0][0], after[0][3])
+    return c0 if t1 <= t0 else c0 + (c1 - c0) * (at - t0) / (t1 - t0)
+
+
+async def overhead_run(metrics: bool, base_url: str, deliveries: int, hooks: int, bootstrap: str,
+                       work: Path) -> dict[str, Any]:
+    mode = "on" if metrics else "off"
+    settings = Settings(topic_prefix=f"bo{os.getpid()}{mode}{int(time.time() * 10) % 1000000}",
+                        kafka={"bootstrap_servers": bootstrap})
+    await prepare(settings, webhooks(hooks, base_url), deliveries)
+    run = await run_worker(settings, deliveries, work, metrics=metrics, scrape_metrics=False)
+    times = await attempt_times(settings, deliveries)
+    low, high = int(0.1 * deliveries), int(0.9 * deliveries) - 1
+    seconds = (times[high] - times[low]) / 1000
+    offset = run["wall_minus_monotonic"]
+    cpu = cpu_at(run["samples"], times[high] / 1000 - offset) - cpu_at(run["samples"], times[low] / 1000 - offset)
+    result = {"metrics": mode, "deliveries": deliveries, "per_s": round((high - low) / seconds),
+              "seconds": round(seconds, 2), "cpu_us_per_delivery": round(cpu / (high - low) * 1e6, 1),
+              "cpu_cores": round(cpu / seconds, 2), "peak_rss_mb": round(run["peak_rss_mb"] or 0, 1)}
+    say(f"metrics {mode}: {json.dumps(result)}")
+    return result
+
+
+def overhead_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    by_mode = {mode: [r for r in runs if r["metrics"] == mode] for mode in ("on", "off")}
+    rate = {mode: median([r["per_s"] for r in rs]) for mode, rs in by_mode.items()}
+    cpu = {mode: median([r["cpu_us_per_delivery"] for r in rs]) for mode, rs in by_mode.items()}
+    # Each pair ran back to back, so its ratio is the least disturbed by drift between pairs.
+    pairs = [(runs[n], runs[n + 1]) for n in range(0, len(runs) - 1, 2)]
+    per_pair = [round((1 - (x if x["metrics"] == "on" else y)["per_s"] / (y if x["metrics"] == "on" else x)["per_s"])
+                      * 100, 1) for x, y in pairs]
+    return {"median_per_s": rate, "median_cpu_us_per_delivery": cpu, "pair_throughput_overhead_pct": per_pair,
+            "median_pair_throughput_overhead_pct": median(per_pair),
+            "throughput_overhead_pct": round((rate["off"] - rate["on"]) / rate["off"] * 100, 1),
+            "cpu_overhead_pct": round((cpu["on"] - cpu["off"]) / cpu["off"] * 100, 1),
+            "target_pct": 5.0}
+
+
+def overhead_markdown(result: dict[str, Any]) -> str:
+    summary = result["summary"]
+    lines = [f"Metrics overhead, delivery worker, one process, instant receiver (nginx), {result['cpus']} CPUs, "
+             f"{result['deliveries']:,} deliveries per run, runs in order:", "",
+             "| run | metrics | deliveries/s (steady) | CPU µs/delivery | CPU cores |", "|---|---|---|---|---|"]
+    lines += [f"| {n + 1} | {r['metrics']} | {r['per_s']:,} | {r['cpu_us_per_delivery']} | {r['cpu_cores']} |"
+              for n, r in enumerate(result["runs"])]
+    lines += ["", f"Median deliveries/s: on {summary['median_per_s']['on']:,}, off {summary['median_per_s']['off']:,}"
+              f" (throughput overhead {summary['throughput_overhead_pct']}%); median CPU µs/delivery: on "
+              f"{summary['median_cpu_us_per_delivery']['on']}, off {summary['median_cpu_us_per_delivery']['off']}"
+              f" (CPU overhead {summary['cpu_overhead_pct']}%). Per back-to-back pair: "
+              f"{summary['pair_throughput_overhead_pct']}% (median {summary['median_pair_throughput_overhead_pct']}%)."
+              f" Target: under {summary['target_pct']}%."]
+    return "\n".join(lines) + "\n"
+
+
+async def overhead_main(args: argparse.Namespace) -> int:
+    bootstrap = os.environ.get("AKECE_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    deliveries = args.deliveries or 30_000
+    # on, off, off, on, on, off, ...: each mode equally often first in its pair.
+    order = [metrics for n in range(args.runs) for metrics in ((True, False) if n % 2 == 0 else (False, True))]
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
+        work = Path(tmp)
+        with Nginx(work / "nginx", free_port()) as nginx:
+            runs = [await overhead_run(metrics, f"{nginx.url}/hooks", deliveries, args.webhooks, bootstrap, work)
+                    for metrics in order]
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+              "cpus": os.cpu_count(), "machine": platform.machine(), "deliveries": deliveries,
+              "method": "steady rate between 10% and 90% of the attempt log by Kafka timestamp; no /metrics "
+                        "scrapes; off = every metric a NullMetric in the worker process",
+              "runs": runs, "summary": overhead_summary(runs)}
+    path = RESULTS / f"delivery-metrics-overhead-{datetime.now(UTC).date().isoformat()}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(overhead_markdown(result))
+    say(f"wrote {path}")
+    return 0
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    if args.metrics_overhead:
+        return await overhead_main(args)
+    args.deliveries = args.deliveries or 60_000
     bootstrap = os.environ.get("AKECE_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
@@ -279,13 +433,19 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == [SERVE_WITHOUT_METRICS]:
+        return serve_deliver_without_metrics()
     parser = argparse.ArgumentParser(prog="python -m bench.bench_delivery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deliveries", type=int, default=60_000, help="instant scenario (nginx)")
+    parser.add_argument("--deliveries", type=int, default=None,
+                        help="instant scenario (nginx); default 60000, 30000 per run with --metrics-overhead")
     parser.add_argument("--slow-deliveries", type=int, default=30_000, help="50 ms scenario; 0 skips it")
     parser.add_argument("--webhooks", type=int, default=100)
     parser.add_argument("--probe-s", type=float, default=5.0, help="seconds of each bound measurement")
     parser.add_argument("--quick", action="store_true", help="small run (smoke test)")
+    parser.add_argument("--metrics-overhead", action="store_true",
+                        help="deliveries/s with metrics on vs a no-op registry, alternating runs")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each mode with --metrics-overhead")
     args = parser.parse_args(argv)
     if args.quick:
         args.deliveries, args.slow_deliveries, args.probe_s = 5000, 3000, 2.0
