@@ -435,7 +435,10 @@ def validate_event(event_type: str, body: bytes) -> dict[str, Any]:
         adapter.validate_json(body)
     except PydanticValidationError as exc:
         raise _from_pydantic(event_type, exc) from None
-    payload: dict[str, Any] = orjson.loads(body)
+    try:  # pydantic accepts some JSON that orjson does not (NaN, Infinity)
+        payload: dict[str, Any] = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EventValidationError(event_type, "<body>", f"Invalid JSON: {exc}") from None
     _require_account(event_type, payload)
     return payload
 

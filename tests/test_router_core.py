@@ -155,6 +155,34 @@ def test_bad_bodies_are_invalid(value: bytes | None, reason: str, validation: st
     assert _reason(with_value(incoming(), value), policy) == reason
 
 
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+@pytest.mark.parametrize("validation", ["full", "structural"])
+def test_non_standard_json_numbers_are_not_json(literal: bytes, validation: str) -> None:
+    event = incoming()
+    assert event.value is not None
+    value = event.value[:-1] + b',"score":' + literal + b"}"  # pydantic's parser takes these, orjson does not
+    policy = RoutePolicy("full" if validation == "full" else "structural")
+    assert _reason(with_value(event, value), policy) == core.NOT_JSON
+
+
+def test_an_unforeseen_failure_quarantines_the_record_instead_of_crashing() -> None:
+    def broken(account_id: str, event: str) -> list[Webhook]:
+        raise RuntimeError("table corrupted")
+
+    result = invalid(route(incoming(), broken, routed_time=ROUTED_AT))
+    assert result.reason == core.INTERNAL and "RuntimeError: table corrupted" in result.detail
+    assert result.value == incoming().value
+    assert (result.event_id, result.event_type, result.account_id) == ("evt-1", "message_created", "7")
+
+
+@pytest.mark.parametrize("key", [None, b"evt-1", b"7"])
+def test_the_conversation_comes_from_the_body_whatever_the_record_key(key: bytes | None) -> None:
+    event = incoming(conversation_id=42)
+    event = IncomingEvent(event.topic, event.partition, event.offset, key, event.value, event.headers)
+    result = routed(route(event, table_of(webhook(1, 7)).matching, routed_time=ROUTED_AT))
+    assert [d.key for d in result.deliveries] == [b"1:42"]
+
+
 def test_too_large() -> None:
     event = incoming()
     assert event.value is not None

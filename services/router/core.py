@@ -14,11 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
-from schemas import EVENT_NAMES, EventValidationError, account_id_of, check_event_structure, validate_event
+from schemas import (
+    EVENT_NAMES,
+    EventValidationError,
+    account_id_of,
+    check_event_structure,
+    conversation_key_of,
+    validate_event,
+)
 from services.shared import headers as h
 from services.shared.deliveries import (
     conversation_of_event_key,
@@ -36,8 +43,9 @@ NOT_JSON = "not_json"
 SCHEMA_INVALID = "schema_invalid"
 NO_ACCOUNT = "no_account"
 ACCOUNT_MISMATCH = "account_mismatch"
+INTERNAL = "internal"  # the router failed on this record in a way it did not foresee (a bug): kept, not lost
 REASONS = (MISSING_HEADER, BAD_HEADER, BAD_KEY, UNKNOWN_EVENT_TYPE, TOO_LARGE, NOT_JSON, SCHEMA_INVALID,
-           NO_ACCOUNT, ACCOUNT_MISMATCH)
+           NO_ACCOUNT, ACCOUNT_MISMATCH, INTERNAL)
 """Every ``akece_invalid_reason`` the router writes (a bounded metric label)."""
 
 SPECVERSION = "1.0"
@@ -136,6 +144,11 @@ def route(event: IncomingEvent, lookup: TableLookup, *, routed_time: str,
         return _route(event, lookup, routed_time, policy)
     except _Reject as reject:
         return _invalid(event, reject)
+    except Exception as exc:
+        # Deliberately broad: a crash here would re-read the same uncommitted batch on every restart and
+        # stall the partition forever. One record's surprise (a bug) is quarantined as ``internal``.
+        known = {k: v.decode(errors="replace") for k, v in event.headers if k in _WANTED and v}
+        return _invalid(event, _Reject(INTERNAL, f"{type(exc).__name__}: {exc}", known))
 
 
 def _route(event: IncomingEvent, lookup: TableLookup, routed_time: str, policy: RoutePolicy) -> Routed:
@@ -148,11 +161,14 @@ def _route(event: IncomingEvent, lookup: TableLookup, routed_time: str, policy: 
         raise _Reject(NOT_JSON, "empty body", ce)
     if len(body) > policy.max_event_bytes:
         raise _Reject(TOO_LARGE, f"body is {len(body)} bytes; the limit is {policy.max_event_bytes}", ce)
-    _validate(event_type, account, body, policy, ce)
+    payload = _validate(event_type, account, body, policy, ce)
     try:
-        conversation = conversation_of_event_key(event.key)
+        keyed = conversation_of_event_key(event.key)
     except UnicodeDecodeError:
         raise _Reject(BAD_KEY, "record key is not UTF-8", ce) from None
+    # The body says which conversation it is about; the record key only when it does not (a producer
+    # keying by event id, or not at all, must not break per-conversation order).
+    conversation = conversation_key_of(payload, event_type) or keyed
     event_time = ce.get(h.CE_TIME)
     webhooks = lookup(account, event_type)
     if not webhooks:
@@ -207,7 +223,8 @@ def _cloudevent_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str
     return found
 
 
-def _validate(event_type: str, account: str, body: bytes, policy: RoutePolicy, ce: dict[str, str]) -> None:
+def _validate(event_type: str, account: str, body: bytes, policy: RoutePolicy,
+              ce: dict[str, str]) -> dict[str, Any]:
     check = validate_event if policy.validation == "full" else check_event_structure
     try:
         payload = check(event_type, body)
@@ -216,6 +233,7 @@ def _validate(event_type: str, account: str, body: bytes, policy: RoutePolicy, c
     named = account_id_of(payload, event_type)
     if named != account:
         raise _Reject(ACCOUNT_MISMATCH, f"body names account {named!r}, header ce_accountid {account!r}", ce)
+    return payload
 
 
 def _reason_of(exc: EventValidationError, body: bytes) -> str:
