@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
@@ -45,7 +45,11 @@ log = logs.get("router")
 
 Batch = Mapping[TopicPartition, Sequence[Any]]
 IDLE_POLL_MS = 500
-HEADROOM_BYTES = 64 * 1024  # delivery headers on top of the largest routable body
+# Delivery headers on top of the largest routable body. Kept small: with the defaults (1,000,000-byte
+# events) the client-side limit stays below the broker's 1,048,588-byte record limit, so most over-size
+# invalid records already fail in the client (and are copied without their body). One the broker
+# refuses anyway (a topic with a smaller max.message.bytes) is handled by ``_requarantine``.
+HEADROOM_BYTES = 40 * 1024
 
 
 def default_group_id(settings: Settings) -> str:
@@ -57,6 +61,11 @@ def policy_of(settings: Settings) -> RoutePolicy:
     if validation not in ("full", "structural"):
         raise ConfigError(f"router.validation must be `full` or `structural`, not {validation!r}")
     return RoutePolicy("full" if validation == "full" else "structural", settings.router.max_event_bytes)
+
+
+class _Producers(NamedTuple):
+    deliveries: AIOKafkaProducer  # idempotent
+    invalid: AIOKafkaProducer  # not idempotent (see ``RouterWorker.run``)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -94,14 +103,16 @@ class RouterWorker:
         self._lock = asyncio.Lock()
         self._rebalancing = False
         self._generation = 0
-        self._ready = False
+        self._running = False
+        self._joined = False  # had a first assignment from the group (possibly empty)
         self._has_partitions = asyncio.Event()
         self.partitions: frozenset[int] = frozenset()
         self.events_routed = 0  # events handled (routed, no subscriber or invalid) and committed
         self.deliveries_produced = 0
 
     def ready(self) -> bool:
-        return self._ready
+        """Running, in the consumer group, and given a first assignment (empty if more routers than partitions)."""
+        return self._running and self._joined
 
     async def wait_assigned(self) -> None:
         """Return once this router owns at least one partition of the events topic."""
@@ -120,6 +131,7 @@ class RouterWorker:
         self._rebalancing = False
         self._generation += 1
         self.partitions = frozenset(tp.partition for tp in partitions)
+        self._joined = True
         if partitions:
             self._has_partitions.set()
         else:
@@ -130,23 +142,26 @@ class RouterWorker:
     async def run(self, stop: asyncio.Event) -> None:
         if not await _first(self._table.wait_ready(), stop):
             return
-        max_request = max(1024 * 1024, self._policy.max_event_bytes + HEADROOM_BYTES)
+        max_request = self._policy.max_event_bytes + HEADROOM_BYTES
         producer = kafka.producer(self._settings, max_request_size=max_request)
+        # Invalid records go through their own producer, not idempotent: a record the broker refuses
+        # as too large breaks an idempotent producer's sequence for the partition (every later send
+        # fails with OutOfOrderSequenceNumber), so the copy without its body could never be written.
+        quarantine = kafka.producer(self._settings, max_request_size=max_request, enable_idempotence=False)
         consumer = kafka.consumer(self._settings, group_id=self.group_id,
                                   max_poll_records=self._settings.router.batch_size)
-        async with kafka.started(producer), kafka.started(consumer):
+        async with kafka.started(producer), kafka.started(quarantine), kafka.started(consumer):
             consumer.subscribe([self._topics.events], listener=_Rebalance(self))
-            self._ready = True
+            self._running = True
             log.info("router.started", group=self.group_id, topic=self._topics.events,
                      validation=self._policy.validation, webhooks=len(self._table))
             try:
-                await self._loop(consumer, producer, stop)
+                await self._loop(consumer, _Producers(producer, quarantine), stop)
             finally:
-                self._ready = False
+                self._running = self._joined = False
         log.info("router.stopped", events=self.events_routed, deliveries=self.deliveries_produced)
 
-    async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                    stop: asyncio.Event) -> None:
+    async def _loop(self, consumer: AIOKafkaConsumer, producers: _Producers, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set() and not self._done():
@@ -168,7 +183,7 @@ class RouterWorker:
                         log.info("router.batch_dropped", reason="rebalance",
                                  records=sum(len(r) for r in batch.values()))
                         continue
-                    await self._process(consumer, producer, batch)
+                    await self._process(consumer, producers, batch)
         finally:
             stopping.cancel()
 
@@ -193,7 +208,7 @@ class RouterWorker:
         return True
 
     # --- one batch ------------------------------------------------------------------------------
-    async def _process(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batch: Batch) -> None:
+    async def _process(self, consumer: AIOKafkaConsumer, producers: _Producers, batch: Batch) -> None:
         routed_time = iso_time(self._clock())
         lookup = self._table.matching
         policy = self._policy
@@ -202,42 +217,75 @@ class RouterWorker:
                   routed_time=routed_time, policy=policy)
             for records in batch.values() for r in records
         ]
-        await self._produce(producer, results)
+        await self._produce(producers, results)
         acked = self._clock()
         await self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()})
         self._observe(results, acked)
         self._observe_lag(consumer, batch)
 
-    async def _produce(self, producer: AIOKafkaProducer, results: Iterable[RouteResult]) -> None:
+    async def _produce(self, producers: _Producers, results: Iterable[RouteResult]) -> None:
         """Send every record of the batch from this coroutine, then await all acks (bounded)."""
         deliveries = self._topics.deliveries
-        send = producer.send
+        send = producers.deliveries.send
+        quarantine = producers.invalid
         timeout = self._settings.kafka.send_timeout_s
         try:
             futures = []
+            held: list[Invalid] = []
             for result in results:
                 if isinstance(result, Routed):
                     for d in result.deliveries:
                         futures.append(await send(deliveries, value=d.value, key=d.key, headers=d.headers))
                 else:
-                    futures.append(await self._quarantine(producer, result))
-            if futures:
-                await asyncio.wait_for(asyncio.gather(*futures), timeout)
+                    held.append(result)
+            quarantined = [await self._quarantine(quarantine, result) for result in held]
+            acks = await asyncio.wait_for(asyncio.gather(*futures, *quarantined, return_exceptions=True), timeout)
+            refused = self._refused(acks, held)
+            for result in refused:
+                await asyncio.wait_for(self._requarantine(quarantine, result), timeout)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailableError(f"router could not produce a batch within {timeout}s: "
                                         f"{type(exc).__name__}: {exc}") from exc
 
+    @staticmethod
+    def _refused(acks: Sequence[object], held: Sequence[Invalid]) -> list[Invalid]:
+        """Invalid records the broker refused as too large; any other failure is raised."""
+        first = len(acks) - len(held)
+        refused = []
+        for i, ack in enumerate(acks):
+            if not isinstance(ack, BaseException):
+                continue
+            if i >= first and isinstance(ack, MessageSizeTooLargeError):
+                refused.append(held[i - first])
+            else:
+                raise ack
+        return refused
+
     async def _quarantine(self, producer: AIOKafkaProducer, result: Invalid) -> Any:
         """Send an invalid event to the invalid topic; without its body if that is too large to copy."""
-        topic = self._topics.invalid
         try:
-            return await producer.send(topic, value=result.value, key=result.key, headers=result.headers)
+            return await producer.send(self._topics.invalid, value=result.value, key=result.key,
+                                       headers=result.headers)
         except MessageSizeTooLargeError:
-            size = len(result.value or b"")
-            headers = h.replace(result.headers, {h.INVALID_DETAIL: f"{result.detail}; the {size}-byte body is "
-                                                 "not copied (over the producer's max request size): read it "
-                                                 "at the source offset"})
-            return await producer.send(topic, value=None, key=result.key, headers=headers)
+            return await self._without_body(producer, result, "over the producer's max request size")
+
+    async def _requarantine(self, producer: AIOKafkaProducer, result: Invalid) -> None:
+        """The broker refused the batch holding this record: send it alone, then without its body.
+
+        Records batched with an over-size one are refused with it; alone, they fit.
+        """
+        log.warning("router.invalid_batch_refused", event_id=result.event_id, reason=result.reason,
+                    size=len(result.value or b""))
+        try:
+            await (await self._quarantine(producer, result))
+        except MessageSizeTooLargeError:
+            await (await self._without_body(producer, result, "refused by the broker as too large"))
+
+    async def _without_body(self, producer: AIOKafkaProducer, result: Invalid, why: str) -> Any:
+        size = len(result.value or b"")
+        headers = h.replace(result.headers, {h.INVALID_DETAIL: f"{result.detail}; the {size}-byte body is not "
+                                             f"copied ({why}): read it at the source offset"})
+        return await producer.send(self._topics.invalid, value=None, key=result.key, headers=headers)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
