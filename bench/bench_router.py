@@ -6,9 +6,13 @@ Runs against ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092) under it
 with the broker co-located. For each scenario the events are published first (not timed); then one
 ``RouterWorker`` routes them in this process, timed from its partition assignment to its last
 commit. CPU is this process's user+system time over that window (the broker's is not included).
+Kafka scenarios: fan-out 1 and 10, with 10 and 100,000 webhooks in the table.
 
-Also measures the pure core (``route()`` per event, no Kafka) with 10 to 100,000 webhooks in the
-table, to show that routing cost does not grow with the number of webhooks.
+Also measures the pure core (``route()`` per event, no Kafka) at fan-out 1 and 10 with 10 to 100,000
+webhooks in the table, to show that routing cost does not grow with the number of webhooks.
+
+A warm-up (one small Kafka scenario and one core scenario, not reported) runs first, so the first
+row does not pay for cold connections, imports and caches.
 
 Writes ``bench/results/router-<date>.json`` and prints a markdown table.
 """
@@ -100,17 +104,19 @@ def cpu_seconds() -> float:
 
 
 async def run_scenario(bootstrap: str, *, validation: str, fanout: int, webhooks: int, count: int) -> Row:
+    """``count`` events over as many accounts (up to ``ACCOUNTS``) as ``webhooks`` allows at ``fanout``."""
+    accounts = max(1, min(ACCOUNTS, webhooks // fanout))
     settings = Settings(topic_prefix=f"bench-router-{uuid.uuid4().hex[:8]}", log_level="warning",
                         kafka={"bootstrap_servers": bootstrap},
                         router={"validation": validation},
                         metrics={"port": 0})
     await kafka.ensure_topics(settings)
     topics = Topics.from_settings(settings)
-    batch = events(count)
+    batch = events(count, accounts)
     producer = kafka.producer(settings, linger_ms=20)
     async with kafka.started(producer):
         await produce_all(producer, topics.subscriptions,
-                          [(str(w.id).encode(), encode_webhook(w), []) for w in hooks_for(fanout, webhooks)])
+                          [(str(w.id).encode(), encode_webhook(w), []) for w in hooks_for(fanout, webhooks, accounts)])
         await produce_all(producer, topics.events, [(e.key, e.value, e.headers) for e in batch])
 
     stop = asyncio.Event()
@@ -174,19 +180,22 @@ def markdown(rows: Sequence[Row]) -> str:
 async def measure(args: argparse.Namespace) -> list[Row]:
     bootstrap = os.environ.get("AKECE_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     n = args.events
+    await run_scenario(bootstrap, validation="full", fanout=10, webhooks=200, count=min(n, 2000))  # warm-up
+    core_scenario(validation="full", fanout=10, webhooks=10, count=min(n, 1000))
+    print("(warm-up done)", flush=True)
+    kafka_rows = [("structural", 10), ("full", 10)] + ([] if args.quick else [("structural", 100_000)])
     rows: list[Row] = []
-    for validation in ("structural", "full"):
+    for validation, webhooks in kafka_rows:
         for fanout, count in ((1, n * 5), (10, n)):
-            rows.append(await run_scenario(bootstrap, validation=validation, fanout=fanout, webhooks=0,
+            rows.append(await run_scenario(bootstrap, validation=validation, fanout=fanout, webhooks=webhooks,
                                            count=count))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    if not args.quick:
-        rows.append(await run_scenario(bootstrap, validation="structural", fanout=10, webhooks=100_000,
-                                       count=n))
-        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     for webhooks in (10, 1_000, 10_000, 100_000):
-        for validation in ("structural", "full"):
-            rows.append(core_scenario(validation=validation, fanout=10, webhooks=webhooks, count=min(n, 5000)))
+        for fanout in (1, 10):
+            for validation in ("structural", "full"):
+                rows.append(core_scenario(validation=validation, fanout=fanout, webhooks=webhooks,
+                                          count=min(n, 5000)))
+                print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
