@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,9 +19,11 @@ from services.publisher.events import event_key, prepare
 from services.publisher.publisher import Publisher
 from services.shared import headers as h
 from services.shared import kafka
-from services.shared.errors import ValidationError
+from services.shared.errors import KafkaUnavailableError, ValidationError
+from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from services.shared.topics import Topics
+from tests.conftest import make_settings
 
 
 def test_prepare_sets_cloudevents_headers_and_key() -> None:
@@ -60,24 +66,108 @@ def test_parse_payloads_accepts_array_and_lines() -> None:
         parse_payloads('{"a": 1}\nnot json\n')
 
 
+def test_parse_payloads_accepts_one_pretty_printed_object() -> None:
+    pretty = json.dumps(GUIDE_EXAMPLE, indent=2, ensure_ascii=False)  # as the guide shows it
+    assert pretty.count("\n") > 20
+    assert parse_payloads(pretty) == [GUIDE_EXAMPLE]
+    assert parse_payloads(json.dumps([GUIDE_EXAMPLE, GUIDE_EXAMPLE], indent=2)) == [GUIDE_EXAMPLE] * 2
+
+
+def test_parse_payloads_names_a_broken_pretty_printed_object() -> None:
+    broken = json.dumps(GUIDE_EXAMPLE, indent=2).replace('"content": "Hi",', '"content": "Hi"', 1)
+    with pytest.raises(ValidationError, match=r"neither one JSON document .* nor JSON lines"):
+        parse_payloads(broken)
+    with pytest.raises(ValidationError, match="input is not valid JSON"):
+        parse_payloads('[{"a": 1},\n {"b": }]')
+
+
 async def test_publish_round_trip(settings: Settings, topics: Topics) -> None:
     payloads = [GUIDE_EXAMPLE, example("conversation_status_changed", account_id=5, conversation_id=9)]
+    before = datetime.now(UTC).replace(microsecond=0)
     async with Publisher(settings) as publisher:
         published = await publisher.publish_many(payloads)
+    after = datetime.now(UTC)
     records = await _read(settings, topics.events, len(payloads))
     by_id = {h.to_dict(r.headers)["ce_id"]: r for r in records}
-    for item, payload in zip(published, payloads, strict=True):
+    assert len(by_id) == len(payloads), "every event gets its own ce_id"
+    for item, payload, account, key in zip(published, payloads, ["1", "5"], [b"1:1234", b"5:9"], strict=True):
         record = by_id[item.event.event_id]
         assert record.value == orjson.dumps(payload)
-        assert record.key == item.event.key
-        assert h.to_dict(record.headers)["ce_type"] == payload["event"]
+        assert record.key == key == item.event.key
+        headers = h.to_dict(record.headers)
+        assert headers == {
+            "ce_specversion": "1.0", "ce_id": item.event.event_id, "ce_source": "akece://core",
+            "ce_type": payload["event"], "ce_time": item.event.time, "ce_accountid": account,
+            "content-type": "application/json",
+        }
+        assert len(record.headers) == len(headers), "no header twice"
+        assert headers["ce_time"].endswith("Z")
+        assert before <= datetime.fromisoformat(headers["ce_time"]) <= after
 
 
-def _cli(settings: Settings, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    env = {"AKECE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-           "AKECE_TOPIC_PREFIX": settings.topic_prefix, "PATH": "/usr/bin:/bin"}
+def _cli(settings: Settings, *args: str, stdin: str = "",
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"AKECE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "AKECE_TOPIC_PREFIX": settings.topic_prefix, "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "services", "publish", *args], input=stdin, text=True,
-                          capture_output=True, env=env, timeout=60, check=False)
+                          capture_output=True, env={**base, **(env or {})}, timeout=60, check=False)
+
+
+async def test_cli_publishes_a_pretty_printed_file(settings: Settings, topics: Topics, tmp_path: Path) -> None:
+    path = tmp_path / "guide.json"
+    path.write_text(json.dumps(GUIDE_EXAMPLE, indent=2, ensure_ascii=False), encoding="utf-8")
+    result = _cli(settings, str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("published message_created")
+    [record] = await _read(settings, topics.events, 1)
+    assert orjson.loads(record.value) == GUIDE_EXAMPLE
+    assert record.key == b"1:1234"
+    assert h.to_dict(record.headers)["ce_type"] == "message_created"
+
+
+@pytest.mark.parametrize("name", ["missing.json", "."])
+def test_cli_names_an_unreadable_file(settings: Settings, tmp_path: Path, name: str) -> None:
+    target = tmp_path / name
+    result = _cli(settings, str(target))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot read {target}" in result.stderr and "nothing was published" in result.stderr
+
+
+def test_cli_with_the_broker_down_says_so_in_one_line(settings: Settings) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    result = _cli(settings, stdin=orjson.dumps(GUIDE_EXAMPLE).decode(),
+                  env={"AKECE_KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"publish: cannot reach Kafka at {bootstrap}")
+    assert result.stdout == ""
+
+
+def test_cli_names_a_missing_topic(settings: Settings) -> None:
+    """No ``topics`` fixture: this test's events topic does not exist (the broker does not auto-create)."""
+    result = _cli(settings, stdin=orjson.dumps(GUIDE_EXAMPLE).decode(), env={"AKECE_KAFKA_SEND_TIMEOUT_S": "2"})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"topic {settings.topic_prefix}.events does not exist" in result.stderr
+    assert "akece-webhooks topics ensure" in result.stderr
+
+
+async def test_missing_topic_is_bounded_by_the_send_timeout(kafka_bootstrap: str) -> None:
+    settings = make_settings(kafka_bootstrap, kafka={"send_timeout_s": 2.0, "request_timeout_ms": 30_000})
+    async with Publisher(settings) as publisher:
+        began = time.monotonic()
+        with pytest.raises(KafkaUnavailableError, match="topics ensure"):
+            await publisher.publish(GUIDE_EXAMPLE)
+        waited = time.monotonic() - began
+    assert 2.0 <= waited < 10.0, "bounded by send_timeout_s (2 s), not by the 30 s metadata wait"
+
+
+async def test_library_with_the_broker_down_raises_a_classified_error(kafka_bootstrap: str) -> None:
+    settings = make_settings(f"127.0.0.1:{free_port()}")
+    with pytest.raises(KafkaUnavailableError, match=f"cannot reach Kafka at {settings.kafka.bootstrap_servers}"):
+        async with Publisher(settings):
+            pass
 
 
 async def test_cli_refuses_a_batch_with_one_invalid_payload(settings: Settings, topics: Topics) -> None:
@@ -106,12 +196,12 @@ def test_cli_rejects_non_json(settings: Settings) -> None:
     assert "not valid JSON" in result.stderr
 
 
-async def _read(settings: Settings, topic: str, count: int) -> list[object]:
+async def _read(settings: Settings, topic: str, count: int) -> list[Any]:
     """Every record of ``topic`` (expects exactly ``count``)."""
     consumer = kafka.consumer(settings, topic, group_id=None)
     async with kafka.started(consumer):
         ends = await kafka.end_offsets(consumer, topic)
-        records: list[object] = []
+        records: list[Any] = []
         while sum(ends.values()) > len(records):
             batch = await consumer.getmany(timeout_ms=1000)
             for part in batch.values():

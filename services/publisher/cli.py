@@ -1,4 +1,9 @@
-"""``akece-webhooks publish [--dry-run] [FILE|-]``: publish payloads (JSON lines or a JSON array)."""
+"""``akece-webhooks publish [--dry-run] [FILE|-]``: publish payloads (a JSON object, a JSON array or JSON lines).
+
+Every payload is validated before anything is sent. Exit codes: 0 published (or valid, with
+``--dry-run``), 1 Kafka unreachable, topic missing or no acknowledgement in time, 2 input refused
+(unreadable, not JSON or invalid; nothing was sent).
+"""
 
 from __future__ import annotations
 
@@ -12,38 +17,59 @@ import orjson
 
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
-from services.shared.errors import ValidationError
+from services.shared.cli import quiet_client_logs
+from services.shared.errors import KafkaUnavailableError, ValidationError
 from services.shared.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     publish = sub.add_parser("publish", help="publish event payloads to the events topic")
-    publish.add_argument("file", nargs="?", default="-", help="JSON lines or a JSON array; - for stdin")
+    publish.add_argument("file", nargs="?", default="-", help="a JSON object, a JSON array or JSON lines; - for stdin")
     publish.add_argument("--dry-run", action="store_true", help="validate and print, send nothing")
     publish.add_argument("--source", default="akece://core", help="CloudEvents source attribute")
     publish.set_defaults(func=publish_command)
 
 
 def parse_payloads(text: str) -> list[Any]:
-    """A JSON array, a single object, or JSON lines. Raises ValidationError naming the line."""
+    """One JSON document (an object, possibly pretty-printed, or an array of them) or JSON lines.
+
+    Raises ValidationError naming the line (JSON lines) or the position (one document).
+    """
     stripped = text.strip()
     if not stripped:
         raise ValidationError("no payloads given")
-    if stripped.startswith("["):
-        try:
-            loaded = orjson.loads(stripped)
-        except orjson.JSONDecodeError as exc:
+    try:
+        loaded = orjson.loads(stripped)
+    except orjson.JSONDecodeError as exc:
+        if stripped.startswith("[") or len(stripped.splitlines()) == 1:
             raise ValidationError(f"input is not valid JSON: {exc}") from exc
-        return list(loaded)
+        return _json_lines(stripped, exc)
+    return list(loaded) if isinstance(loaded, list) else [loaded]
+
+
+def _json_lines(text: str, as_document: orjson.JSONDecodeError) -> list[Any]:
     payloads = []
-    for number, line in enumerate(stripped.splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             payloads.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
+            if not payloads:  # not even the first line parses: report it as one (broken) document
+                raise ValidationError(f"input is neither one JSON document ({as_document}) nor JSON lines "
+                                      f"(line {number}: {exc})") from exc
             raise ValidationError(f"line {number} is not valid JSON: {exc}") from exc
     return payloads
+
+
+def read_input(name: str) -> str:
+    """The text of FILE, or of stdin for ``-``. Raises ValidationError naming the file."""
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"cannot read {name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def prepare_all(payloads: list[Any], source: str) -> tuple[list[OutgoingEvent], list[str]]:
@@ -59,9 +85,8 @@ def prepare_all(payloads: list[Any], source: str) -> tuple[list[OutgoingEvent], 
 
 
 def publish_command(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
-        events, errors = prepare_all(parse_payloads(text), args.source)
+        events, errors = prepare_all(parse_payloads(read_input(args.file)), args.source)
     except ValidationError as exc:
         print(f"refused: {exc}; nothing was published", file=sys.stderr)
         return 2
@@ -75,7 +100,12 @@ def publish_command(args: argparse.Namespace) -> int:
             print(f"valid    {event.event_type:30} account={event.account_id} key={event.key.decode()}")
         print(f"{len(events)} payload(s) valid; dry run, nothing sent")
         return 0
-    return asyncio.run(_send(events, args.source))
+    quiet_client_logs()
+    try:
+        return asyncio.run(_send(events, args.source))
+    except KafkaUnavailableError as exc:
+        print(f"publish: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _send(events: list[OutgoingEvent], source: str) -> int:

@@ -4,6 +4,8 @@
         published = await publisher.publish(payload)
 
 Idempotent producer, acks=all, compression; each payload is validated before anything is sent.
+Connecting and each send (metadata of the topic included) are bounded by ``kafka.send_timeout_s``;
+an unreachable broker or a missing topic raises ``KafkaUnavailableError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from services.publisher.events import DEFAULT_SOURCE, OutgoingEvent, prepare
 from services.shared import kafka
+from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
 from services.shared.topics import Topics
 
@@ -40,9 +45,19 @@ class Publisher:
 
     async def __aenter__(self) -> Publisher:
         if self._own_producer:
-            await self._producer.start()
+            await self._start()
         self._started = True
         return self
+
+    async def _start(self) -> None:
+        timeout = self._settings.kafka.send_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self._producer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._producer.stop()
+            reason = str(exc) or f"no answer within {timeout:g} s"
+            raise KafkaUnavailableError(f"cannot reach Kafka at {self._bootstrap}: {reason}; nothing was sent") from exc
 
     async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         await self.close()
@@ -63,8 +78,48 @@ class Publisher:
         return await self.send_prepared([self.prepare(p) for p in payloads])
 
     async def send_prepared(self, events: Sequence[OutgoingEvent]) -> list[Published]:
-        futures = [await self._producer.send(self._topic, value=e.value, key=e.key, headers=e.headers)
-                   for e in events]
-        timeout = self._settings.kafka.send_timeout_s
-        metas = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        """Send and await every acknowledgement, all within ``kafka.send_timeout_s``."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(self._settings.kafka.send_timeout_s):
+                for e in events:
+                    futures.append(await self._producer.send(self._topic, value=e.value, key=e.key,
+                                                             headers=e.headers))
+                if futures:
+                    await asyncio.wait(futures)  # unlike gather, a timeout does not cancel the sends
+            metas = [f.result() for f in futures]
+        except TimeoutError as exc:
+            raise self._timed_out(len(events), futures) from exc
+        except UnknownTopicOrPartitionError as exc:
+            if not futures:  # the first send's metadata wait gave up: nothing was enqueued
+                raise self._missing_topic() from exc
+            raise self._failed(exc, len(events), futures) from exc
+        except KafkaError as exc:
+            raise self._failed(exc, len(events), futures) from exc
         return [Published(e, m.partition, m.offset) for e, m in zip(events, metas, strict=True)]
+
+    @property
+    def _bootstrap(self) -> str:
+        servers = getattr(self._producer.client, "_bootstrap_servers", self._settings.kafka.bootstrap_servers)
+        return servers if isinstance(servers, str) else ",".join(map(str, servers))
+
+    def _missing_topic(self) -> KafkaUnavailableError:
+        return KafkaUnavailableError(
+            f"topic {self._topic} does not exist on {self._bootstrap} (no metadata within "
+            f"{self._settings.kafka.send_timeout_s:g} s): run `akece-webhooks topics ensure`; nothing was sent")
+
+    def _timed_out(self, total: int, futures: list[asyncio.Future[Any]]) -> KafkaUnavailableError:
+        if self._producer.client.cluster.partitions_for_topic(self._topic) is None:
+            return self._missing_topic()
+        return KafkaUnavailableError(
+            f"no acknowledgement from Kafka at {self._bootstrap} within {self._settings.kafka.send_timeout_s:g} s: "
+            f"{_acked(futures)} of {total} record(s) acknowledged, the others may or may not have been written")
+
+    def _failed(self, exc: KafkaError, total: int, futures: list[asyncio.Future[Any]]) -> KafkaUnavailableError:
+        return KafkaUnavailableError(
+            f"Kafka at {self._bootstrap} failed a send ({exc}): {_acked(futures)} of {total} record(s) "
+            "acknowledged, the others may or may not have been written")
+
+
+def _acked(futures: list[asyncio.Future[Any]]) -> int:
+    return sum(1 for f in futures if f.done() and not f.cancelled() and f.exception() is None)

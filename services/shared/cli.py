@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -20,8 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ensure.set_defaults(func=ensure_command)
 
 
+def quiet_client_logs() -> None:
+    """One-shot commands report a Kafka failure themselves, in one line: no aiokafka log lines too."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 def ensure_command(_: argparse.Namespace) -> int:
     settings = Settings()
+    quiet_client_logs()
     result = asyncio.run(kafka.ensure_topics(settings))
     specs = {s.name: s for s in topic_specs(settings)}
     for name in sorted(result):
