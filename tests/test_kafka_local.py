@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.shared.kafka_local import (
     BOOTSTRAP_ENV,
+    HOME_ENV,
+    JVM_OPTS_ENV,
     LocalKafka,
     LocalKafkaError,
     PortInUseError,
@@ -128,6 +131,15 @@ def test_cli_start_status_stop_reset(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert _kafka_cli(["kafka", "start", "--data-dir", data]) == 0
         assert "kafka already running on" in capsys.readouterr().out
         assert _kafka_cli(["kafka", "status", "--data-dir", data]) == 0
+        capsys.readouterr()
+
+        precious = Path(data) / "notes.txt"
+        precious.write_text("not the broker's")
+        assert _kafka_cli(["kafka", "reset", "--data-dir", data]) == 1
+        assert "refusing to wipe" in capsys.readouterr().err
+        assert _kafka_cli(["kafka", "status", "--data-dir", data]) == 0, "a refused reset leaves the broker running"
+        assert precious.read_text() == "not the broker's"
+        precious.unlink()
     finally:
         assert _kafka_cli(["kafka", "stop", "--data-dir", data]) == 0
     assert "kafka stopped (pid " in capsys.readouterr().out
@@ -171,6 +183,51 @@ def test_missing_java_says_what_to_install(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(LocalKafkaError, match="Java 17\\+ not found: install openjdk-17-jre-headless"):
         LocalKafka(tmp_path / "data", port=free_port(), controller_port=free_port()).start()
+
+
+@pytest.fixture
+def java_only_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH holds java and nothing else; an empty jar cache ($AKECE_KAFKA_HOME), so Maven is needed."""
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("needs java on PATH")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(Path(java).resolve())
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    return bin_dir
+
+
+def test_missing_maven_says_what_to_install(java_only_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(LocalKafkaError, match=r"^Maven not found: install maven") as caught:
+        LocalKafka(tmp_path / "data", port=free_port(), controller_port=free_port()).start()
+    assert "\n" not in str(caught.value)
+
+
+def test_cli_missing_maven_is_one_line(java_only_path: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["kafka", "start", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    assert _kafka_cli(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "kafka start: Maven not found: install maven (needed once, to download the Kafka jars from Maven Central)"]
+    assert captured.out == ""
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_broker_that_fails_to_start_shows_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(JVM_OPTS_ENV, "-XX:+AkeceNoSuchOption")  # the JVM refuses it and exits 1
+    kafka = LocalKafka(tmp_path / "data", port=free_port(), controller_port=free_port())
+    with pytest.raises(LocalKafkaError) as caught:
+        kafka.start(timeout=60)
+    message = str(caught.value)
+    assert message.startswith("the broker process exited during startup (exit code 1); last lines of ")
+    assert str(kafka.log_file) in message
+    assert "Unrecognized VM option 'AkeceNoSuchOption'" in message
+    assert not kafka.status().running and not kafka.pid_file.exists()
 
 
 def test_cli_reports_errors_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,6 +63,7 @@ JVM_OPTS = ("-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=tru
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 JARS_MARKER = "COMPLETE.json"
 JAVA_HINT = "install openjdk-17-jre-headless (or set JAVA_HOME)"
+MAVEN_HINT = "install maven (needed once, to download the Kafka jars from Maven Central)"
 OWN_FILES = frozenset({"server.properties", "cluster.id", "logs", "broker.log", "broker.log.1",
                        "broker.pid", "broker.json", ".lock"})
 
@@ -176,6 +177,14 @@ def find_java() -> str:
     return java
 
 
+def find_maven() -> str:
+    """The mvn executable on PATH. It honours MAVEN_OPTS (e.g. ``-Dmaven.repo.local=DIR``)."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise LocalKafkaError(f"Maven not found: {MAVEN_HINT}")
+    return mvn
+
+
 def kafka_version(pom: Path | None = None) -> str:
     """The Kafka release pinned by the pom's <kafka.version> property."""
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -213,10 +222,7 @@ def resolve_jars(home: Path | None = None) -> Path:
 
 
 def _copy_dependencies(pom: Path, out: Path) -> None:
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise LocalKafkaError("Maven not found (needed once to download the Kafka jars): install maven")
-    cmd = [mvn, "-q", "-B", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+    cmd = [find_maven(), "-q", "-B", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
            f"-DoutputDirectory={out}", "-DincludeScope=runtime"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -309,16 +315,16 @@ async def _serves(bootstrap: str) -> bool:
         await admin.close()
 
 
-async def _wait_serving(bootstrap: str, port: int, alive: Callable[[], bool], budget: float) -> None:
+async def _wait_serving(bootstrap: str, port: int, exit_code: Callable[[], int | None], budget: float) -> None:
     """Probe until the broker serves; raise LocalKafkaError if it dies or the budget runs out."""
     deadline = time.monotonic() + budget
-    while alive():
+    while exit_code() is None:
         if port_in_use(port) and await _serves(bootstrap):
             return
         if time.monotonic() > deadline:
             raise LocalKafkaError(f"the broker did not serve {bootstrap} within {budget:g} s")
         await asyncio.sleep(0.2)
-    raise LocalKafkaError("the broker process exited during startup")
+    raise LocalKafkaError(f"the broker process exited during startup (exit code {exit_code()})")
 
 
 # ---------------------------------------------------------------- the broker
@@ -417,15 +423,18 @@ class LocalKafka:
             return pid is not None
 
     def reset(self) -> None:
-        """Stop the broker if it runs and wipe the data dir (refusing a dir with foreign files)."""
-        self.stop()
+        """Stop the broker if it runs and wipe the data dir.
+
+        A dir holding files kafka_local did not create is refused before anything is stopped.
+        """
         if not self.data_dir.exists():
             return
         foreign = sorted(p.name for p in self.data_dir.iterdir()
                          if p.name not in OWN_FILES and not p.name.startswith("hs_err"))
         if foreign:
             raise LocalKafkaError(f"refusing to wipe {self.data_dir}: it holds files kafka_local did "
-                                  f"not create ({', '.join(foreign[:5])})")
+                                  f"not create ({', '.join(foreign[:5])}); the broker was left as it was")
+        self.stop()
         shutil.rmtree(self.data_dir)
 
     def close(self) -> None:
@@ -535,7 +544,7 @@ class LocalKafka:
         proc = self._proc
         assert proc is not None
         try:
-            asyncio.run(_wait_serving(f"{HOST}:{port}", port, lambda: proc.poll() is None, timeout))
+            asyncio.run(_wait_serving(f"{HOST}:{port}", port, proc.poll, timeout))
         except BaseException as exc:
             self._terminate(proc.pid, grace=5)
             self.pid_file.unlink(missing_ok=True)
@@ -641,6 +650,8 @@ def _cli_start(kafka: LocalKafka, args: argparse.Namespace) -> int:
         print(f"kafka already running on {_describe(before)}")
         return 0
     if not kafka.jars_cached():
+        find_java()
+        find_maven()  # before the progress line: a missing tool is the one line shown
         print(f"fetching the Kafka {kafka_version()} jars with Maven (once) ...", file=sys.stderr, flush=True)
     began = time.monotonic()
     status = kafka.start(port=args.port, controller_port=args.controller_port, timeout=args.timeout)
@@ -674,4 +685,5 @@ def _cli_reset(kafka: LocalKafka, _: argparse.Namespace) -> int:
 
 
 __all__ = ["KafkaStatus", "LocalKafka", "LocalKafkaError", "PortInUseError", "add_kafka_parser",
-           "default_port", "free_port", "kafka_cli", "kafka_home", "new_cluster_id", "resolve_jars"]
+           "default_port", "find_java", "find_maven", "free_port", "kafka_cli", "kafka_home", "new_cluster_id",
+           "resolve_jars"]
