@@ -208,3 +208,23 @@ async def _read(settings: Settings, topic: str, count: int) -> list[Any]:
                 records.extend(part)
     assert len(records) == count
     return records
+
+
+async def test_client_bootstrap_names_the_servers_of_every_client_kind() -> None:
+    """Error messages name the cluster a client was pointed at, whichever kind of client failed."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.shared.kafka import client_bootstrap
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.2:2")
+    admin = AIOKafkaAdminClient(bootstrap_servers="a:1,b:2")
+    try:
+        assert client_bootstrap(producer) == "127.0.0.1:1"
+        assert client_bootstrap(consumer) == "127.0.0.2:2"
+        assert client_bootstrap(admin) == "a:1,b:2"
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await admin.close()

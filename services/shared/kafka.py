@@ -87,7 +87,9 @@ async def started(client: Any) -> AsyncIterator[Any]:
 
 
 def client_bootstrap(client: Any) -> str:
-    servers = getattr(getattr(client, "_client", None), "_bootstrap_servers", "?")
+    """The bootstrap servers a consumer, producer or admin client was given, for error messages."""
+    inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    servers = getattr(inner, "_bootstrap_servers", None) or getattr(client, "_bootstrap_servers", "?")
     return servers if isinstance(servers, str) else ",".join(map(str, servers))
 
 
