@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -228,3 +229,20 @@ async def test_client_bootstrap_names_the_servers_of_every_client_kind() -> None
         await producer.stop()
         await consumer.stop()
         await admin.close()
+
+
+async def test_close_is_bounded_when_the_producer_cannot_flush(kafka_bootstrap: str) -> None:
+    """With the broker gone and records queued, stopping the client would wait for its own request
+    timeout; ``close`` gives up after ``kafka.send_timeout_s`` (the sends already failed to their callers)."""
+    settings = make_settings(kafka_bootstrap, kafka={"send_timeout_s": 0.5})
+    stuck = asyncio.Event()
+
+    class StuckProducer:
+        async def stop(self) -> None:
+            stuck.set()
+            await asyncio.Event().wait()  # a flush that never completes
+
+    publisher = Publisher(settings, producer=StuckProducer())  # type: ignore[arg-type]
+    publisher._own_producer, publisher._started = True, True
+    await asyncio.wait_for(publisher.close(), timeout=5.0)
+    assert stuck.is_set(), "close asked the producer to stop"

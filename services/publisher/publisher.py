@@ -21,9 +21,12 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from services.publisher.events import DEFAULT_SOURCE, OutgoingEvent, prepare
 from services.shared import kafka
+from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
 from services.shared.topics import Topics
+
+log = logs.get("publisher")
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,17 @@ class Publisher:
         await self.close()
 
     async def close(self) -> None:
+        """Stop the producer, bounded by ``kafka.send_timeout_s``: with the broker gone and records
+        still queued (their ``publish`` already failed with a timeout), stopping would otherwise
+        wait for the client's own request timeout."""
         if self._started and self._own_producer:
-            await self._producer.stop()
+            timeout = self._settings.kafka.send_timeout_s
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._producer.stop()
+            except TimeoutError:
+                log.warning("publisher.close_timeout", seconds=timeout,
+                            detail="records not acknowledged were reported as failed to their callers")
         self._started = False
 
     def prepare(self, payload: dict[str, object] | bytes) -> OutgoingEvent:
