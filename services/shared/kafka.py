@@ -89,7 +89,9 @@ async def started(client: Any) -> AsyncIterator[Any]:
 def client_bootstrap(client: Any) -> str:
     """The bootstrap servers a consumer, producer or admin client was given, for error messages."""
     inner = getattr(client, "_client", None) or getattr(client, "client", None)
-    servers = getattr(inner, "_bootstrap_servers", None) or getattr(client, "_bootstrap_servers", "?")
+    servers: Any = getattr(inner, "_bootstrap_servers", None) or getattr(client, "_bootstrap_servers", None)
+    if servers is None:
+        return "?"
     return servers if isinstance(servers, str) else ",".join(map(str, servers))
 
 
