@@ -16,11 +16,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from services import __version__
+from services.delivery import worker as worker_module
 from services.delivery.worker import DeliveryWorker
 from services.shared import headers as h
 from services.shared.errors import KafkaUnavailableError
 from services.shared.kafka_local import free_port
 from services.shared.settings import RetrySettings, Settings
+from services.shared.subscriptions import SubscriptionTable
 from tests.conftest import make_settings
 from tests.delivery_support import Stack, committed, delivery, make_webhook, produce, read_topic, stack
 from tests.receiver import Behavior, Receiver
@@ -381,3 +383,60 @@ async def test_a_webhook_that_does_not_keep_up_moves_its_backlog_to_the_retry_ti
         assert all(x[h.DLQ_REASON] == "exhausted" and x[h.LAST_ERROR_CLASS] == "webhook_backlog"
                    for x in dead.values())
         assert s.sample("akece_webhooks_retries_scheduled_total", tier="1s") >= 34
+
+
+class _HeldTable(SubscriptionTable):
+    """A real table whose following can be held back: it stays ready but does not see new records."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def _apply_batch(self, records: Any) -> None:
+        await self.flowing.wait()
+        await super()._apply_batch(records)
+
+    async def _advance(self, consumer: Any, partitions: Any) -> None:
+        await self.flowing.wait()
+        await super()._advance(consumer, partitions)
+
+
+async def test_a_worker_whose_table_is_behind_retries_instead_of_dead_lettering(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook created a moment ago, unknown to a worker whose subscriptions table cannot catch up:
+    "deleted" cannot be confirmed, so the delivery is retried (not dead-lettered) and lands later."""
+    monkeypatch.setattr(worker_module, "SYNC_TIMEOUT_S", 0.5)
+    async with stack(settings) as s:
+        lagging = _HeldTable(settings)
+        stop = asyncio.Event()
+        following = asyncio.create_task(lagging.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                await lagging.wait_ready()
+            lagging.flowing.clear()
+            hook = make_webhook(receiver.url("/new"))
+            await s.add(hook)  # written and visible to the stack's own table, not to the worker's
+            item = delivery(hook)
+            await produce(settings, [item])
+            worker = DeliveryWorker(settings, lagging, s.store, s.metrics)
+            halt = asyncio.Event()
+            running = asyncio.create_task(worker.run(halt))
+            try:
+                [first] = attempts_of(await read_topic(settings, s.topics.attempts, 1))
+                assert (first["attempt"], first["outcome"], first["error_class"]) == (
+                    1, "retry", "subscriptions_behind")
+                assert receiver.requests == []
+                lagging.flowing.set()  # the table catches up: the retry finds the webhook
+                [request] = await receiver.wait_for(1, timeout=30)
+                assert request.body == item.value
+            finally:
+                halt.set()
+                await asyncio.wait_for(running, 60)
+        finally:
+            lagging.flowing.set()
+            stop.set()
+            await following
+        log = attempts_of(await read_topic(settings, s.topics.attempts, 2))
+        assert [(a["attempt"], a["outcome"]) for a in log] == [(1, "retry"), (2, "success")]
+        assert s.sample("akece_webhooks_dead_letters_total", reason="webhook_deleted") == 0

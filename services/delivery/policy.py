@@ -24,7 +24,8 @@ from services.shared.settings import RetrySettings
 
 PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record"})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
-SKIPPED = frozenset({"circuit_open", "webhook_backlog"})  # the worker did not call the endpoint: a retriable failure
+# The worker did not call the endpoint: a retriable failure (it counts against the schedule).
+SKIPPED = frozenset({"circuit_open", "webhook_backlog", "subscriptions_behind"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -316,7 +316,13 @@ class DeliveryWorker:
         meta = job.meta
         webhook = self._table.get(meta.webhook_id)
         if webhook is None or not webhook.enabled:
-            webhook = await self._fresh_webhook(job)
+            if not await self._fresh_view(job):
+                # Our copy of the subscriptions could not catch up: "deleted" or "disabled" may be
+                # stale (a webhook created a moment ago, re-enabled). Never dead-letter on it: retry.
+                return AttemptResult(error_class="subscriptions_behind",
+                                     error_message="this worker's subscriptions table is behind the topic; "
+                                                   "the webhook's state could not be confirmed")
+            webhook = self._table.get(meta.webhook_id)
         if webhook is None:
             return AttemptResult(error_class="webhook_deleted", error_message=f"webhook {meta.webhook_id} was deleted")
         if not webhook.enabled:
@@ -425,14 +431,15 @@ class DeliveryWorker:
         return found
 
     # --- subscriptions -----------------------------------------------------------------------
-    async def _fresh_webhook(self, job: Job) -> Webhook | None:
-        """The webhook as of no earlier than the record's fetch: a deleted/disabled verdict is never stale."""
+    async def _fresh_view(self, job: Job) -> bool:
+        """Whether the table is current as of no earlier than the record's fetch, so that a
+        deleted/disabled verdict is never stale. False: it could not catch up in time."""
         if self._synced_at < job.fetched_at:
             if self._sync is None or self._sync.done() or self._sync_started < job.fetched_at:
                 self._sync_started = time.time()
                 self._sync = asyncio.ensure_future(self._sync_table(self._sync_started))
             await asyncio.shield(self._sync)
-        return self._table.get(job.webhook_id)
+        return self._synced_at >= job.fetched_at
 
     async def _sync_table(self, started: float) -> None:
         assert self._probe is not None
@@ -443,7 +450,8 @@ class DeliveryWorker:
             try:
                 await self._table.wait_applied(tp.partition, end - 1, timeout=SYNC_TIMEOUT_S)
             except TimeoutError:
-                log.warning("delivery.subscriptions_behind", partition=tp.partition, end=end)
+                log.warning("delivery.subscriptions_behind", partition=tp.partition, end=end,
+                            waited_s=SYNC_TIMEOUT_S)
                 return
         self._synced_at = max(self._synced_at, started)
 
