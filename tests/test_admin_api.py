@@ -7,6 +7,7 @@ DNS answers come from a fake resolver so the private-address rules are tested wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -28,6 +29,7 @@ from services.admin import openapi
 from services.admin.app import ApiWorker, create_app
 from services.admin.auth import Principal, TokenAuthenticator, parse_account_tokens, token_from_headers
 from services.admin.routes import ROUTES
+from services.admin.service import AccountLocks, WebhookService
 from services.admin.validation import url_error
 from services.shared import kafka
 from services.shared.errors import ConfigError, TransportError
@@ -35,10 +37,10 @@ from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import Supervisor
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
 from services.shared.topics import Topics
 from tests.conftest import make_settings
-from tests.test_subscriptions import LiveTable, running_store
+from tests.test_subscriptions import LiveTable, running_store, running_table
 
 ADMIN = "admin-token-0123456789"
 ONE = "account-one-token"
@@ -467,6 +469,74 @@ async def test_worker_serves_on_port_zero_and_drains_on_stop(settings: Settings,
         assert await running == 0
     async with running_store(settings) as (live, _):
         assert live.table.get(created["id"]) is not None  # the in-flight write landed
+
+
+class StuckTable(SubscriptionTable):
+    """Ready, but never applies anything: every write's wait for it times out."""
+
+    def ready(self) -> bool:
+        return True
+
+
+async def test_a_stored_write_not_yet_visible_is_a_clear_503(settings: Settings, topics: Topics) -> None:
+    async with kafka.started(kafka.producer(settings)) as producer:
+        table = StuckTable(settings)
+        store = SubscriptionStore(settings, table, producer, apply_timeout_s=0.2)
+        app = create_app(settings, table, store, Metrics(CollectorRegistry()), guard=fake_guard(settings))
+        async with TestClient(TestServer(app)) as client, client.post(
+                HOOKS, json={"url": "https://late.example.com/"}, headers={"api_access_token": ADMIN}) as response:
+            status, body = response.status, await response.json()
+    assert status == 503, body
+    assert body["stored"] is True and "stored but is not yet visible" in body["error"]
+    assert "Do not repeat it" in body["error"]  # a repeated create would make a second webhook
+    async with running_table(settings) as live:  # it is durable: a table that does follow the topic has it
+        stored = live.table.get(body["webhook_id"])
+        assert stored is not None and stored.url == "https://late.example.com/"
+
+
+class InstantStore:
+    async def put(self, webhook: Webhook) -> Webhook:
+        return webhook
+
+
+async def test_account_locks_serialize_and_are_dropped_when_free() -> None:
+    locks = AccountLocks()
+    order: list[str] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(name: str, account: int = 1) -> None:
+        async with locks.hold(account):
+            order.append(f"{name} in")
+            if name == "first":
+                entered.set()
+                await release.wait()
+            order.append(f"{name} out")
+
+    first = asyncio.create_task(hold("first"))
+    await entered.wait()
+    second, cancelled = asyncio.create_task(hold("second")), asyncio.create_task(hold("cancelled"))
+    await asyncio.sleep(0)  # one loop turn: both now wait on the lock
+    cancelled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
+    assert len(locks) == 1  # held by the first, awaited by the second: kept
+    await hold("other", account=2)  # another account is not blocked
+    assert len(locks) == 1
+    release.set()
+    await asyncio.gather(first, second)
+    assert order == ["first in", "other in", "other out", "first out", "second in", "second out"]
+    assert len(locks) == 0
+    with pytest.raises(RuntimeError):
+        async with locks.hold(3):
+            raise RuntimeError("a failed write")
+    assert len(locks) == 0
+
+    settings = make_settings("127.0.0.1:9")  # the service over a store that needs no broker
+    service = WebhookService(SubscriptionTable(settings), cast(SubscriptionStore, InstantStore()),
+                             fake_guard(settings), secret_overlap_s=60)
+    await asyncio.gather(*(service.create(account, {"url": "https://many.example.com/"})
+                           for account in range(1, 201)))
+    assert len(service._locks) == 0  # 200 accounts written, none remembered
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import orjson
 import pytest
 
 from services.shared import kafka, subscriptions
@@ -23,6 +25,7 @@ from services.shared.subscriptions import (
 )
 from services.shared.topics import Topics
 from tests.conftest import make_settings
+from tests.log_capture import captured_logs
 
 READY_TIMEOUT_S = 30.0
 
@@ -188,3 +191,56 @@ async def test_a_missing_topic_is_reported(kafka_bootstrap: str, monkeypatch: py
     monkeypatch.setattr(subscriptions, "TOPIC_WAIT_S", 0.5)
     with pytest.raises(KafkaUnavailableError, match="topics ensure"):
         await SubscriptionTable(make_settings(kafka_bootstrap)).run(asyncio.Event())
+
+
+async def test_a_malformed_record_is_logged_without_its_values(settings: Settings, topics: Topics) -> None:
+    secret, password = new_secret(), "hunter2-must-not-leak"
+    valid = webhook(new_webhook_id(), 6, ["message_created"]).model_dump(mode="json")
+    bad = [orjson.dumps({**valid, "secrets": secret}),  # a secret where a list belongs
+           orjson.dumps({**valid, "url": [f"https://ops:{password}@crm.example.com/"]}),
+           b'{"id": 1, "secrets": [{"secret": "' + secret.encode() + b'"'  # not even JSON
+           + f', "url": "https://ops:{password}@crm.example.com/"'.encode()]
+    good = webhook(new_webhook_id(), 6, ["message_created"])
+    async with kafka.started(kafka.producer(settings)) as producer:
+        for value in bad:
+            await producer.send_and_wait(topics.subscriptions, value, key=b"4711")
+        await producer.send_and_wait(topics.subscriptions, encode_webhook(good), key=str(good.id).encode())
+    with captured_logs() as logs:
+        async with running_table(settings) as live:
+            assert live.table.get(good.id) == good and len(live.table) == 1
+    events = logs.events("subscriptions.bad_record")
+    assert [(e["partition"], e["offset"], e["key"]) for e in events] == [(0, 0, "4711"), (0, 1, "4711"),
+                                                                           (0, 2, "4711")]
+    assert events[0]["errors"] == [{"loc": ["secrets"], "type": "list_type"}]
+    assert events[1]["errors"] == [{"loc": ["url"], "type": "string_type"}]
+    assert [e["type"] for e in events[2]["errors"]] == ["json_invalid"]
+    text = logs.text()
+    key = secret.removeprefix("whsec_")
+    fragments = {key[i:i + 12] for i in range(len(key) - 11)} | {password}
+    assert not {f for f in fragments if f in text}  # pydantic's text shows both ends of a long value
+
+
+async def test_ready_when_a_partition_ends_in_a_transaction_marker(settings: Settings, topics: Topics) -> None:
+    """The end offset counts the commit marker after the last record: readiness follows the position."""
+    hook = webhook(new_webhook_id(), 2, ["message_created"])
+    transactional = kafka.producer(settings, transactional_id=f"test-{uuid.uuid4().hex[:8]}")
+    async with kafka.started(transactional) as producer, producer.transaction():
+        meta = await producer.send_and_wait(topics.subscriptions, encode_webhook(hook),
+                                            key=str(hook.id).encode())
+    async with kafka.started(kafka.consumer(settings, group_id=None)) as consumer, asyncio.timeout(10):
+        end = meta.offset + 1
+        while end < meta.offset + 2:  # the broker writes the marker just after the commit returns
+            await asyncio.sleep(0.05)
+            end = next(iter((await kafka.end_offsets(consumer, topics.subscriptions)).values()))
+    assert end == meta.offset + 2  # the marker: no record the table could see at the end offset - 1
+    table = SubscriptionTable(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(table.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await table.wait_ready()
+        assert table.get(hook.id) == hook
+        await table.wait_applied(meta.partition, end - 1, timeout=5)  # a wait up to the end returns too
+    finally:
+        stop.set()
+        await task

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -33,7 +34,7 @@ from services.shared.metrics import Metrics, status_class
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.subscriptions import NotYetVisibleError, SubscriptionStore, SubscriptionTable
 
 log = logs.get("admin")
 
@@ -42,6 +43,8 @@ AUTH = web.AppKey("auth", TokenAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
 API_PREFIX = "/api/"
 UNAUTHORIZED = "Invalid Access Token"
+NOT_YET_VISIBLE = ("The change was stored but is not yet visible: this instance has not applied it yet. "
+                   "Do not repeat it; read it back in a moment")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -73,7 +76,8 @@ async def observe(request: web.Request, handler: routes.Handler) -> web.StreamRe
 
 @web.middleware
 async def errors(request: web.Request, handler: routes.Handler) -> web.StreamResponse:
-    """JSON bodies for every error: 400 bad JSON, 422 Chatwoot-shaped, 503 store unavailable."""
+    """JSON bodies for every error: 400 bad JSON, 422 Chatwoot-shaped, 503 store unavailable or a
+    stored change not yet applied here (a repeated create would make a second webhook)."""
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -82,6 +86,13 @@ async def errors(request: web.Request, handler: routes.Handler) -> web.StreamRes
         return json_response(exc.body(), status=422)
     except routes.NotFound:
         return _error(404, routes.NOT_FOUND)
+    except NotYetVisibleError as exc:  # before TimeoutError, its base: the write did happen
+        log.warning("api.write_not_yet_visible", method=request.method, partition=exc.partition,
+                    offset=exc.offset)
+        body: dict[str, Any] = {"error": NOT_YET_VISIBLE, "stored": True}
+        if exc.key.isdigit():
+            body["webhook_id"] = int(exc.key)
+        return json_response(body, status=503)
     except (KafkaUnavailableError, KafkaError, TimeoutError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:300]
         log.warning("api.store_unavailable", method=request.method, error=error)

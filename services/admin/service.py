@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,43 @@ def webhook_view(webhook: Webhook, now: float, *, reveal: bool = False) -> dict[
     return view
 
 
+class _AccountLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # the holder and the waiters
+
+
+class AccountLocks:
+    """One ``asyncio.Lock`` per account, kept only while someone holds or waits for it.
+
+    Each entry counts its holder and waiters; the last one out removes it, so the table holds only
+    the accounts being written right now instead of every account ever written. A later arrival
+    makes a fresh lock, which is safe: nobody holds or waits on the dropped one.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[int, _AccountLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, account_id: int) -> AsyncIterator[None]:
+        entry = self._locks.get(account_id)
+        if entry is None:
+            entry = self._locks[account_id] = _AccountLock()
+        entry.users += 1  # counted before waiting, so a waiter (even one cancelled) keeps the entry
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[account_id]
+
+
 class WebhookService:
     """Create, update, delete and rotate webhooks of an account."""
 
@@ -70,7 +107,7 @@ class WebhookService:
         self._guard = guard
         self._overlap = secret_overlap_s
         self._clock = clock
-        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = AccountLocks()
 
     def now(self) -> float:
         return self._clock()
@@ -84,7 +121,7 @@ class WebhookService:
 
     async def create(self, account_id: int, body: dict[str, Any]) -> Webhook:
         changes = validation.webhook_changes(body, creating=True)
-        async with self._locks[account_id]:
+        async with self._locks.hold(account_id):
             await self._check_url(account_id, changes["url"], None)
             webhook_id = new_webhook_id()
             while self.table.get(webhook_id) is not None:
@@ -100,7 +137,7 @@ class WebhookService:
 
     async def update(self, account_id: int, webhook_id: int, body: dict[str, Any]) -> Webhook | None:
         changes = validation.webhook_changes(body, creating=False)
-        async with self._locks[account_id]:
+        async with self._locks.hold(account_id):
             current = self.get(account_id, webhook_id)
             if current is None:
                 return None
@@ -114,7 +151,7 @@ class WebhookService:
         return webhook
 
     async def delete(self, account_id: int, webhook_id: int) -> bool:
-        async with self._locks[account_id]:
+        async with self._locks.hold(account_id):
             if self.get(account_id, webhook_id) is None:
                 return False
             await self._store.delete(webhook_id)
@@ -125,7 +162,7 @@ class WebhookService:
                             overlap_s: float | None = None) -> Webhook | None:
         """A new signing secret; the current ones keep signing for the overlap, then expire."""
         overlap = self._overlap if overlap_s is None else overlap_s
-        async with self._locks[account_id]:
+        async with self._locks.hold(account_id):
             current = self.get(account_id, webhook_id)
             if current is None:
                 return None

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pydantic import BaseModel, Field, TypeAdapter
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from services.shared import kafka
 from services.shared import logging as logs
@@ -31,6 +31,7 @@ from services.shared.topics import Topics
 log = logs.get("subscriptions")
 
 TOPIC_WAIT_S = 10.0  # how long a starting table waits for its topic to appear in the metadata
+APPLY_TIMEOUT_S = 10.0  # how long a write waits for this process's table to apply it
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 _RANDOM_BITS = 11
 
@@ -95,6 +96,28 @@ class Webhook(BaseModel):
 _WEBHOOK = TypeAdapter(Webhook)
 
 
+class NotYetVisibleError(TimeoutError):
+    """A write is durable in Kafka, but this process's table did not apply it within the bound."""
+
+    def __init__(self, key: bytes, partition: int, offset: int, timeout: float) -> None:
+        super().__init__(f"record {offset} of partition {partition} stored, not applied within {timeout:g}s")
+        self.key = key
+        self.partition = partition
+        self.offset = offset
+
+
+def error_summary(exc: Exception) -> list[dict[str, Any]] | str:
+    """What a bad record's error may show in a log: where and which check failed, never the input.
+
+    A pydantic error's text quotes the offending values (a signing secret, a URL with credentials);
+    ``errors(include_input=False)`` keeps locations and types only. Any other error: its type name.
+    """
+    if isinstance(exc, ValidationError):
+        return [{"loc": list(e["loc"]), "type": e["type"]}
+                for e in exc.errors(include_input=False, include_url=False, include_context=False)][:20]
+    return type(exc).__name__
+
+
 def encode_webhook(webhook: Webhook) -> bytes:
     return orjson.dumps(webhook.model_dump(mode="json"))
 
@@ -114,7 +137,7 @@ class SubscriptionTable:
         self._by_id: dict[int, Webhook] = {}
         self._by_account: dict[int, dict[int, Webhook]] = defaultdict(dict)
         self._index: dict[str, dict[str, tuple[Webhook, ...]]] = {}  # account -> event -> webhooks
-        self._applied: dict[int, int] = {}  # partition -> next offset to apply
+        self._applied: dict[int, int] = {}  # partition -> next offset to apply (the consumer's position)
         self._progress = asyncio.Condition()
         self._ready = asyncio.Event()
         self._stopped = False  # set when run() returns: writers stop waiting for it
@@ -186,8 +209,10 @@ class SubscriptionTable:
         for record in records:
             try:
                 stale |= self._apply(record.key, record.value)
-            except ValueError as exc:  # a record that is not a webhook: skip it, loudly
-                log.error("subscriptions.bad_record", offset=record.offset, error=str(exc)[:300])
+            except ValueError as exc:  # a record that is not a webhook: skip it, loudly (but no values)
+                key = None if record.key is None else record.key[:64].decode(errors="replace")
+                log.error("subscriptions.bad_record", partition=record.partition, offset=record.offset,
+                          key=key, errors=error_summary(exc))
             self._applied[record.partition] = record.offset + 1
         for account_id in stale:
             self._reindex(account_id)
@@ -195,6 +220,23 @@ class SubscriptionTable:
             self._progress.notify_all()
         if self._on_change is not None:
             self._on_change(self)
+
+    async def _advance(self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+        """Move each partition's mark up to the consumer's position once its records are applied.
+
+        The position passes offsets that hold no record for the table: transaction markers, and
+        records compaction removed (at a partition's tail too). Without this, a table whose last
+        offsets are such gaps would never count as caught up, and a wait for them never ends.
+        """
+        moved = False
+        for tp in partitions:
+            position = await consumer.position(tp)
+            if position > self._applied.get(tp.partition, 0):
+                self._applied[tp.partition] = position
+                moved = True
+        if moved:
+            async with self._progress:
+                self._progress.notify_all()
 
     # The bound is part of the read-your-writes contract (a write never waits forever), hence the parameter.
     async def wait_applied(self, partition: int, offset: int, timeout: float = 10.0) -> None:
@@ -229,6 +271,7 @@ class SubscriptionTable:
                         break
                     for records in fetch.result().values():
                         await self._apply_batch(records)
+                    await self._advance(consumer, consumer.assignment())
             finally:
                 stop_task.cancel()
                 self._stopped = True
@@ -249,16 +292,19 @@ class SubscriptionTable:
         return {tp.partition: offset for tp, offset in ends.items()}
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
+        """Every partition's position has reached its end offset taken at start."""
         return all(self._applied.get(p, 0) >= end for p, end in targets.items() if end > 0)
 
 
 class SubscriptionStore:
     """Writes webhook records to the compacted topic and waits until the local table has them."""
 
-    def __init__(self, settings: Settings, table: SubscriptionTable, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: Settings, table: SubscriptionTable, producer: AIOKafkaProducer, *,
+                 apply_timeout_s: float = APPLY_TIMEOUT_S) -> None:
         self._settings = settings
         self._table = table
         self._producer = producer
+        self._apply_timeout_s = apply_timeout_s
         self._topic = Topics.from_settings(settings).subscriptions
 
     async def put(self, webhook: Webhook) -> Webhook:
@@ -271,7 +317,10 @@ class SubscriptionStore:
     async def _write(self, key: bytes, value: bytes | None) -> None:
         meta = await kafka.send(self._producer, self._topic, value, key=key, headers=[],
                                 timeout=self._settings.kafka.send_timeout_s)
-        await self._table.wait_applied(meta.partition, meta.offset)
+        try:
+            await self._table.wait_applied(meta.partition, meta.offset, timeout=self._apply_timeout_s)
+        except TimeoutError as exc:  # the write is durable; only this process's view lags
+            raise NotYetVisibleError(key, meta.partition, meta.offset, self._apply_timeout_s) from exc
 
     async def set_enabled(self, webhook_id: int, enabled: bool, reason: str | None) -> Webhook | None:
         """Enable or disable a webhook, recording why. ``None`` if it no longer exists."""
