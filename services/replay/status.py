@@ -8,7 +8,8 @@
 - Dead letters by reason over the last hour and day (by offsets for times; reasons are read from
   the records when the day holds at most ``max_scan`` of them, else only the hour's, else totals).
 - Disabled webhooks and why (subscription table); replays not finished (ledger).
-- Open circuits live in each delivery worker's memory: see its ``akece_webhooks_circuits_open``.
+- Open circuits: each lives in one delivery worker's memory; the screen shows them as the attempt log
+  does across all workers (``services.replay.circuits``), and each worker's ``akece_webhooks_circuits_open``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.replay.circuits import CircuitScan, open_circuits
 from services.replay.dlq import epoch
 from services.replay.ledger import Ledger
 from services.replay.render import table
@@ -33,7 +35,6 @@ from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 from services.shared.topics import Topics, format_delay
 
-CIRCUITS = "not shared between processes: see akece_webhooks_circuits_open on each delivery worker's /metrics"
 DEFAULT_MAX_SCAN = 1_000_000
 
 
@@ -61,7 +62,7 @@ class Report:
     dlq: DlqCounts | None = None
     disabled: list[dict[str, Any]] = field(default_factory=list)
     replays: list[dict[str, Any]] = field(default_factory=list)
-    circuits: str = CIRCUITS
+    circuits: CircuitScan | None = None
 
 
 async def collect(settings: Settings, table_: SubscriptionTable | None, *, max_scan: int = DEFAULT_MAX_SCAN,
@@ -76,6 +77,8 @@ async def collect(settings: Settings, table_: SubscriptionTable | None, *, max_s
         report.lag = _lag(committed, ends)
         report.tiers = await _tiers(consumer, topics, committed, ends)
         report.dlq = await _dlq(consumer, topics.dlq, report.now, max_scan)
+        report.circuits = await open_circuits(consumer, topics.attempts, now=report.now,
+                                              threshold=settings.circuit.failure_threshold)
     if table_ is not None:
         report.disabled = [{"id": w.id, "account_id": w.account_id, "reason": w.disabled_reason,
                             "since": w.updated_at, "url": w.url} for w in table_.all() if not w.enabled]
@@ -154,6 +157,20 @@ def _due(due: float | None, now: float) -> str:
     return f"{iso(due)} ({'due in' if delta > 0 else 'overdue by'} {abs(delta):.0f}s)"
 
 
+def _circuits(scan: CircuitScan | None) -> list[str]:
+    if scan is None:
+        return ["Open circuits: not read"]
+    minutes = f"{scan.window_s / 60:g} min"
+    note = f"from the attempt log of the last {minutes}" + (
+        f", newest {scan.records:,} attempts only" if scan.truncated else "")
+    out = [f"Open circuits ({len(scan.circuits)}, {note})"]
+    if scan.circuits:
+        out.append(table(("webhook", "account", "failures", "failing since", "last error"),
+                         [[c.webhook_id, c.account_id, c.failures, iso(c.failing_since) or "-", c.last_error or "-"]
+                          for c in scan.circuits]))
+    return out
+
+
 def render(report: Report) -> str:
     out = [f"akece-webhooks status at {iso(report.now)}", "", "Consumer lag"]
     out.append(table(("group", "topic", "lag"), [[g, t, n] for (g, t), n in sorted(report.lag.items())])
@@ -173,7 +190,7 @@ def render(report: Report) -> str:
     if report.disabled:
         out.append(table(("id", "account", "since", "reason"),
                          [[w["id"], w["account_id"], w["since"], w["reason"]] for w in report.disabled]))
-    out += ["", f"Open circuits: {report.circuits}"]
+    out += ["", *_circuits(report.circuits)]
     if report.replays:
         out += ["", "Unfinished replays/recovers",
                 table(("id", "kind", "status", "user", "started", "progress"),
@@ -193,6 +210,6 @@ def to_json(report: Report) -> dict[str, Any]:
             "last_hour": {"total": d.hour_total, "by_reason": dict(d.hour) if d.hour is not None else None},
             "last_day": {"total": d.day_total, "by_reason": dict(d.day) if d.day is not None else None}},
         "disabled_webhooks": report.disabled,
-        "open_circuits": report.circuits,
+        "open_circuits": None if report.circuits is None else [c.as_dict() for c in report.circuits.circuits],
         "unfinished_replays": report.replays,
     }
