@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,10 +20,12 @@ from services import __version__
 from services.delivery import worker as worker_module
 from services.delivery.worker import DeliveryWorker
 from services.shared import headers as h
-from services.shared.errors import KafkaUnavailableError
+from services.shared import kafka
+from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.kafka_local import free_port
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
+from services.shared.topics import Topics, topic_specs
 from tests.conftest import make_settings
 from tests.delivery_support import Stack, committed, delivery, make_webhook, produce, read_topic, stack
 from tests.receiver import Behavior, Receiver
@@ -440,3 +443,16 @@ async def test_a_worker_whose_table_is_behind_retries_instead_of_dead_lettering(
         log = attempts_of(await read_topic(settings, s.topics.attempts, 2))
         assert [(a["attempt"], a["outcome"]) for a in log] == [(1, "retry"), (2, "success")]
         assert s.sample("akece_webhooks_dead_letters_total", reason="webhook_deleted") == 0
+
+
+async def test_a_dead_letter_topic_too_small_for_the_largest_event_stops_the_worker_at_start(
+        kafka_bootstrap: str) -> None:
+    settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
+    topics = Topics.from_settings(settings)
+    specs = [replace(spec, config={**spec.config, "max.message.bytes": "100000"}) if spec.name == topics.dlq else spec
+             for spec in topic_specs(settings)]
+    await kafka.create_topics(settings, specs)
+    async with stack(settings) as s:
+        worker = DeliveryWorker(settings, s.table, s.store, s.metrics)
+        with pytest.raises(ConfigError, match=rf"topic {topics.dlq} accepts records up to 100,000 bytes"):
+            await asyncio.wait_for(worker.run(asyncio.Event()), 30)

@@ -27,6 +27,7 @@ from services.router.worker import RouterWorker, default_group_id
 from services.shared import headers as h
 from services.shared import kafka
 from services.shared.deliveries import DeliveryMeta, delivery_id
+from services.shared.errors import ConfigError
 from services.shared.metrics import Metrics
 from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
@@ -560,3 +561,24 @@ async def test_rebalance_commits_the_batch_in_flight(kafka_bootstrap: str) -> No
     assert first.events_routed > 0 and second.events_routed > 0
     assert first.events_routed + second.events_routed == len(published)
     assert duplicates == 0, duplicates
+
+
+async def test_a_deliveries_topic_too_small_for_the_largest_event_stops_the_router_at_start(
+        kafka_bootstrap: str) -> None:
+    """Else the first large event would be routed into a topic that refuses it: refuse up front, saying why."""
+    settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
+    topics = Topics.from_settings(settings)
+    specs = [replace(s, config={**s.config, "max.message.bytes": "200000"}) if s.name == topics.deliveries else s
+             for s in topic_specs(settings)]
+    await kafka.create_topics(settings, specs)
+    table = SubscriptionTable(settings)
+    stop = asyncio.Event()
+    following = asyncio.create_task(table.run(stop))
+    try:
+        router = RouterWorker(settings, table, Metrics(CollectorRegistry()))
+        with pytest.raises(ConfigError, match=rf"topic {topics.deliveries} accepts records up to 200,000 bytes"
+                                              r".*AKECE_ROUTER_MAX_EVENT_BYTES.*at least 340,960"):
+            await asyncio.wait_for(router.run(asyncio.Event()), 30)
+    finally:
+        stop.set()
+        await following

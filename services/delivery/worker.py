@@ -166,12 +166,16 @@ class DeliveryWorker:
             raise self._fatal
 
     async def _check_topics(self) -> None:
-        """Every topic read or written exists (a missing retry tier would otherwise block a send for 30 s)."""
+        """Every topic read or written exists (a missing retry tier would otherwise block a send for 30 s),
+        and the ones a delivery moves through can hold the largest event routed."""
         assert self._probe is not None
         topics = self._topics
         for topic in (*topics.delivery_inputs, topics.dlq, topics.attempts):
             if not await kafka.end_offsets(self._probe, topic):
                 raise KafkaUnavailableError(f"topic {topic} does not exist: run `akece-webhooks topics ensure`")
+        assert self._admin is not None
+        await kafka.check_record_limits(self._admin, (*topics.delivery_inputs, topics.dlq),
+                                        self._settings.router.max_event_bytes)
 
     async def _poll(self, stop: asyncio.Event) -> None:
         consumer = self._consumer

@@ -49,7 +49,7 @@ IDLE_POLL_MS = 500
 # events) the client-side limit stays below the broker's 1,048,588-byte record limit, so most over-size
 # invalid records already fail in the client (and are copied without their body). One the broker
 # refuses anyway (a topic with a smaller max.message.bytes) is handled by ``_requarantine``.
-HEADROOM_BYTES = 40 * 1024
+HEADROOM_BYTES = kafka.RECORD_HEADROOM_BYTES
 
 
 def default_group_id(settings: Settings) -> str:
@@ -142,6 +142,8 @@ class RouterWorker:
     async def run(self, stop: asyncio.Event) -> None:
         if not await _first(self._table.wait_ready(), stop):
             return
+        async with kafka.started(kafka.admin(self._settings)) as admin:
+            await kafka.check_record_limits(admin, [self._topics.deliveries], self._policy.max_event_bytes)
         max_request = self._policy.max_event_bytes + HEADROOM_BYTES
         producer = kafka.producer(self._settings, max_request_size=max_request)
         # Invalid records go through their own producer, not idempotent: a record the broker refuses

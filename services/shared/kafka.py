@@ -14,9 +14,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from services.shared.errors import KafkaUnavailableError
+from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.settings import Settings
 from services.shared.topics import TopicSpec, topic_specs
 
@@ -125,6 +126,45 @@ async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> dict[
 async def ensure_topics(settings: Settings) -> dict[str, str]:
     """Create every topic the pipeline uses (idempotent)."""
     return await create_topics(settings, topic_specs(settings))
+
+
+RECORD_HEADROOM_BYTES = 40 * 1024
+"""What our records add on top of an event body at most: delivery, retry and dead-letter headers
+(the dead-letter story's response excerpt and error text are bounded well below this)."""
+
+
+async def max_message_bytes(admin_: AIOKafkaAdminClient, topics: Iterable[str]) -> dict[str, int]:
+    """Each existing topic's effective ``max.message.bytes`` (its own setting or the broker's default)."""
+    names = list(topics)
+    responses = await admin_.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, configs={"max.message.bytes": None}) for name in names])
+    limits: dict[str, int] = {}
+    for response in responses:
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    limits[name] = int(entry[1])
+    return limits
+
+
+async def check_record_limits(admin_: AIOKafkaAdminClient, topics: Iterable[str], max_event_bytes: int) -> None:
+    """Refuse to start when a topic we write deliveries to cannot hold the largest event we route.
+
+    Otherwise the first such event would be accepted by the router and then refused by the broker
+    at the delivery, retry or dead-letter step: a delivery that could never reach its end.
+    """
+    need = max_event_bytes + RECORD_HEADROOM_BYTES
+    too_small = {name: limit for name, limit in (await max_message_bytes(admin_, topics)).items() if limit < need}
+    if too_small:
+        name, limit = sorted(too_small.items())[0]
+        others = f" (and {len(too_small) - 1} more)" if len(too_small) > 1 else ""
+        raise ConfigError(
+            f"topic {name}{others} accepts records up to {limit:,} bytes (max.message.bytes), but events up to "
+            f"{max_event_bytes:,} bytes (AKECE_ROUTER_MAX_EVENT_BYTES) plus {RECORD_HEADROOM_BYTES // 1024} KiB "
+            f"of headers must fit: raise the topic's max.message.bytes to at least {need:,} or lower "
+            f"AKECE_ROUTER_MAX_EVENT_BYTES")
 
 
 async def end_offsets(consumer_: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:

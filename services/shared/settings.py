@@ -138,7 +138,8 @@ class RouterSettings(BaseModel):
         "structural", description="Event validation on routing: `full` (pydantic models) or `structural`."
     )
     max_event_bytes: int = Field(
-        1_000_000, ge=1024, description="Largest event body routed (below the broker's 1 MB record limit)."
+        1_000_000, ge=1024, description="Largest event body routed. The deliveries, retry and dead-letter topics "
+        "must accept it plus 40 KiB of headers (`max.message.bytes`); router and workers check at start."
     )
     batch_size: int = Field(2000, ge=1, description="Most records fetched per routing batch.")
 
