@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from services.shared.settings import RetrySettings
@@ -116,7 +117,8 @@ def next_step(result: AttemptResult, attempt: int, schedule: RetrySchedule, now:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date); None if invalid."""
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date in any of RFC 9110's three
+    formats); None if invalid."""
     if not value:
         return None
     value = value.strip()
@@ -126,6 +128,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
+    if when.tzinfo is None:  # asctime() format (no zone) or "-0000": RFC 9110 dates are GMT
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
