@@ -8,7 +8,9 @@ adds, under ``/api/v1/accounts/{account_id}/webhooks/{id}``:
 - ``GET .../dead_letters?since=24h&until=&event=&reason=&limit=100``: dead letters, oldest first.
 - ``POST .../replay`` body ``{since, until, event, reason, dry_run, rate, force, enable}``: 202 with
   the count and the replay id (it runs in the background); 200 for a dry run or nothing to do;
-  409 when everything matching was already replayed (``force`` to send again) or a run is active.
+  409 when everything matching was already replayed (``force`` to send again) or a run over an
+  overlapping range is active: in this process or another, even one started at the same moment
+  (the run's claim in the ledger is won before the 202; the 409 names the run that won).
 - ``POST .../recover`` body ``{since, until, dry_run, rate, force, enable}``: the same for recover.
 - ``GET .../replays/{replay_id}``: a run's state from the ledger (this webhook's runs only).
 
@@ -206,6 +208,10 @@ class ReplayRoutes:
             if summary.status == "refused":
                 return _json({"error": "already replayed: pass force to send again", "payload": payload}, status)
             return _json({"payload": payload}, status)
+        try:  # before answering 202: of two identical calls at once, one is refused here
+            await engine.claim(plan)
+        except ReplayRefusedError as exc:
+            raise _Refusal(409, {"error": str(exc), "payload": {**answer, "status": "refused"}}) from None
         task = asyncio.create_task(self._background(engine, plan))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -215,7 +221,7 @@ class ReplayRoutes:
         try:
             summary = await engine.execute(plan)
             log.info("replay.api_done", run_id=plan.run_id, enqueued=summary.enqueued)
-        except (AkeceError, OSError) as exc:  # recorded as failed in the ledger: resumable
+        except (AkeceError, OSError) as exc:  # recorded as failed in the ledger (or refused): resumable
             log.error("replay.api_failed", run_id=plan.run_id, error=str(exc)[:300])
 
 

@@ -2,7 +2,9 @@
 
 Output for people goes to stdout (tables, plans, summaries; ``--json`` for scripts); progress and
 logs go to stderr. Exit codes: 0 done (or dry run / nothing to do), 1 aborted or not found, 3
-refused (already replayed, or running elsewhere), 2 an error (bad input, Kafka unreachable).
+refused (already replayed, or running elsewhere: also when an identical run started at the same
+moment won the claim; the one-line ``refused: ...`` on stderr names it), 2 an error (bad input,
+Kafka unreachable).
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ last acknowledged record (and the end offsets when the run started), so a resume
 this run may have written since, collects the delivery ids carrying its run id, and counts those
 records as done. (The one case this does not cover: a produce request that was on the wire when
 the process died and that the broker appends only after the resume has scanned, seconds later.)
+
+**One at a time.** Two processes (or two API calls) can plan the same run at once. Before sending,
+``execute`` (or the API, before answering 202) writes a claim to the ledger (``Engine.claim``) and
+reads the claims written since its plan's ledger snapshot: an earlier competing claim (same kind,
+overlapping range) wins, and this run is refused naming it, so only one of them sends. While it
+sends, a timer rewrites the run record every ``heartbeat_s`` (a ``--rate`` slower than one record
+per heartbeat is not mistaken for a dead run); the record says after how long silence it is dead.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -42,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.replay import ledger
-from services.replay.ledger import Kind, Ledger, Run, host_name, overlaps, run_id
+from services.replay.ledger import CLAIM_PARTITION, Claim, Kind, Ledger, Run, host_name, overlaps, run_id
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
 from services.replay.window import Ranges, ReadStats, Window, offset_ranges, read_ranges, reader, topic_ends
@@ -58,6 +66,7 @@ log = logs.get("replay")
 
 T = TypeVar("T")
 ABANDON_S = 5.0  # how long an interrupted run waits for in-flight acknowledgements
+HEARTBEAT_S = 20.0  # a running run rewrites its record at least this often
 
 
 class ReplayRefusedError(AkeceError):
@@ -111,6 +120,13 @@ class Options:
     checkpoint_every: int = 2000
     checkpoint_interval_s: float = 1.0
     sample_size: int = 10
+    heartbeat_s: float = HEARTBEAT_S
+    dead_after_s: float = ledger.STALE_AFTER_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.dead_after_s:
+            raise ConfigError(f"heartbeat_s ({self.heartbeat_s}) must be positive and below dead_after_s "
+                              f"({self.dead_after_s})")
 
 
 @dataclass
@@ -134,6 +150,10 @@ class Plan:
     deliveries_ends: dict[int, int] = field(default_factory=dict)
     stats: ReadStats = field(default_factory=ReadStats)
     notice: str | None = None
+    claims_from: int = 0
+    """End offset of the claims partition in the plan's ledger snapshot: later claims were not seen."""
+    claim: Claim | None = None
+    """The claim this plan won (``Engine.claim``), once it did."""
 
     @property
     def already_replayed(self) -> int:
@@ -178,6 +198,8 @@ class Engine(Generic[T]):
             ranges = await offset_ranges(consumer, self.source.topic, window)
             book = await Ledger.load(self.settings)
             plan = self._identify(book, ranges, window.describe())
+            plan.claims_from = book.ends.get(CLAIM_PARTITION, 0)
+            self._unclaimed(book, plan)
             if plan.resumed is not None:  # a resumed run keeps the flags it started with
                 self.options = replace(self.options, force=self.options.force or plan.resumed.force,
                                        enable=self.options.enable or plan.resumed.enable)
@@ -222,6 +244,13 @@ class Engine(Generic[T]):
                 raise ReplayRefusedError(f"{run.kind} {run.id} over an overlapping range is running now "
                                          f"({run.user}@{run.host} pid {run.pid}): wait for it to finish")
         return priors
+
+    def _unclaimed(self, book: Ledger, plan: Plan) -> None:
+        """Refuse when another process has claimed an overlapping run and not recorded it yet."""
+        now = time.time()
+        for claim in book.live_claims(self.source.kind, now, host_name()):
+            if overlaps(claim.ranges, plan.ranges):
+                raise ReplayRefusedError(_claimed_message(claim, now))
 
     async def _scan(self, consumer: AIOKafkaConsumer, plan: Plan, priors: Sequence[Run],
                     tails: Mapping[str, set[str]]) -> None:
@@ -293,6 +322,40 @@ class Engine(Generic[T]):
         plan.to_enable &= set(plan.by_webhook)
         plan.sample = [d for p, o, d in samples if (p, o) in chosen][: self.options.sample_size]
 
+    # --- claiming ----------------------------------------------------------------------------------
+    async def claim(self, plan: Plan) -> Claim:
+        """Win the right to run ``plan`` or raise ``ReplayRefusedError`` naming the run that was first.
+
+        Writes a claim to the ledger, then reads every claim written since the plan's ledger
+        snapshot up to it: one of the same kind over an overlapping range was written first (its
+        process planned at the same time and did not see this one either), so this claim is
+        released and refused. Idempotent per plan.
+        """
+        if plan.claim is not None:
+            return plan.claim
+        claim = Claim(run_id=plan.run_id, kind=self.source.kind, ranges=plan.ranges, user=self.options.user,
+                      host=host_name(), pid=os.getpid(), dead_after_s=self.options.dead_after_s)
+        offset = await ledger.write_claim(self.producer, self.settings, claim)
+        try:
+            earlier = [c for _, c in await ledger.claims_between(self.settings, plan.claims_from, offset)
+                       if claim.competes(c)]
+        except BaseException:
+            await self._release(claim)
+            raise
+        if earlier:
+            await self._release(claim)
+            log.warning(f"{claim.kind}.claim_lost", run_id=plan.run_id, winner=earlier[0].run_id)
+            raise ReplayRefusedError(_claimed_message(earlier[0], time.time()))
+        plan.claim = claim
+        return claim
+
+    async def _release(self, claim: Claim) -> None:
+        """Best effort: an unreleased claim stops counting once its run is recorded or it is stale."""
+        try:
+            await asyncio.wait_for(ledger.release(self.producer, self.settings, claim.id), ABANDON_S)
+        except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            log.warning("replay.claim_release_failed", claim=claim.id, error=str(exc)[:200])
+
     # --- running -----------------------------------------------------------------------------------
     async def execute(self, plan: Plan, *, confirm: Confirm | None = None) -> Summary:
         if self.options.dry_run:
@@ -304,19 +367,32 @@ class Engine(Generic[T]):
                 await self._finish(self._start_record(plan))
             return Summary(plan, "nothing_to_do")
         if confirm is not None and not await confirm(plan):
+            if plan.claim is not None:
+                await self._release(plan.claim)
             return Summary(plan, "aborted")
-        await self._enable(plan.to_enable)
-        run = self._start_record(plan)
-        await ledger.write(self.producer, self.settings, run)
+        claim = await self.claim(plan)
+        try:
+            await self._enable(plan.to_enable)
+            run = self._start_record(plan)
+            await ledger.write(self.producer, self.settings, run)
+        except BaseException:
+            await self._release(claim)
+            raise
         log.info(f"{run.kind}.started", run_id=run.id, total=plan.total, user=run.user, resumed=bool(plan.resumed))
         sender = _Sender(self, plan, run)
         try:
-            await sender.send_all()
+            async with sender.heartbeat():
+                await sender.send_all()
         except BaseException as exc:
-            await sender.abandon("interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-                                 else "failed")
+            interrupted = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+            await sender.abandon("interrupted" if interrupted else "failed",
+                                 None if interrupted else f"{type(exc).__name__}: {exc}"[:300])
+            await self._release(claim)
             raise
-        await self._finish(run)
+        try:
+            await self._finish(run)
+        finally:
+            await self._release(claim)
         log.info(f"{run.kind}.finished", run_id=run.id, enqueued=sender.enqueued, seconds=round(sender.seconds, 3))
         return Summary(plan, "done", sender.enqueued, sender.seconds, sender.vanished)
 
@@ -330,9 +406,11 @@ class Engine(Generic[T]):
 
     def _start_record(self, plan: Plan) -> Run:
         now = ledger.now_iso()
+        claim = plan.claim.id if plan.claim is not None else None
         if plan.resumed is not None:
             return plan.resumed.model_copy(update={
                 "status": "running", "pid": os.getpid(), "host": host_name(), "rate": self.options.rate,
+                "claim": claim, "dead_after_s": self.options.dead_after_s, "error": None,
                 "skipped_webhooks": {**plan.skipped_webhooks, **plan.resumed.skipped_webhooks},
                 "enqueued": plan.resumed.enqueued + plan.tail_found,
                 "total": plan.resumed.enqueued + plan.tail_found + plan.total, "counts": plan.counts()})
@@ -342,7 +420,8 @@ class Engine(Generic[T]):
                    ranges=plan.ranges, checkpoint={p: start for p, (start, _) in plan.ranges.items()},
                    deliveries_from=dict(plan.deliveries_ends), skipped_webhooks=dict(plan.skipped_webhooks),
                    generation=plan.generation, force=self.options.force, enable=self.options.enable,
-                   rate=self.options.rate, counts=plan.counts(), total=plan.total)
+                   rate=self.options.rate, counts=plan.counts(), total=plan.total, claim=claim,
+                   dead_after_s=self.options.dead_after_s)
 
     async def _finish(self, run: Run) -> None:
         run.status = "done"
@@ -366,6 +445,8 @@ class _Sender:
         self.flushed_at = time.monotonic()
         self.started = time.monotonic()
         self.seconds = 0.0
+        self.written_at = time.monotonic()  # the run record was just written (started)
+        self._writing = asyncio.Lock()
         rate = engine.options.rate
         self.bucket = TokenBucket(rate) if rate else None
         factory = engine.progress
@@ -419,28 +500,62 @@ class _Sender:
             self.pending.clear()
         self.run.checkpoint = dict(self.cursor)
         self.run.enqueued = self.base + self.enqueued
-        await ledger.write(self.engine.producer, self.engine.settings, self.run)
+        await self._write()
         self.flushed_at = time.monotonic()
         if self.progress:
             self.progress.update(self.enqueued)
 
-    async def abandon(self, status: str) -> None:
+    async def _write(self) -> None:
+        """Write the run record; one write at a time, so the ledger never goes back to an older state."""
+        async with self._writing:
+            await ledger.write(self.engine.producer, self.engine.settings, self.run)
+            self.written_at = time.monotonic()
+
+    @asynccontextmanager
+    async def heartbeat(self) -> AsyncIterator[None]:
+        """While the block runs, rewrite the run record whenever ``heartbeat_s`` passed without a write."""
+        task = asyncio.create_task(self._beat(), name=f"heartbeat {self.run.id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        interval = self.engine.options.heartbeat_s
+        while True:
+            await asyncio.sleep(max(0.0, self.written_at + interval - time.monotonic()))
+            if time.monotonic() - self.written_at < interval:
+                continue  # a checkpoint was written meanwhile
+            try:
+                await self._write()  # bounded by kafka.send_timeout_s
+            except (AkeceError, KafkaError, OSError, TimeoutError) as exc:
+                log.warning("replay.heartbeat_failed", run_id=self.run.id, error=str(exc)[:200])
+                await asyncio.sleep(min(interval, 1.0))
+
+    async def abandon(self, status: str, error: str | None = None) -> None:
         """Best effort on the way out: await what is in flight, checkpoint it, mark the run unfinished.
 
         If the acknowledgements do not come, the last checkpoint stays (a resume finds the rest on
         the deliveries topic) and only the status is recorded.
         """
         self.run.status = "interrupted" if status == "interrupted" else "failed"
+        self.run.error = error
         try:
             await asyncio.wait_for(self.flush(), ABANDON_S)
         except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError) as exc:
             log.warning("replay.checkpoint_lost", run_id=self.run.id, error=str(exc)[:200])
             try:
-                await asyncio.wait_for(ledger.write(self.engine.producer, self.engine.settings, self.run), ABANDON_S)
+                await asyncio.wait_for(self._write(), ABANDON_S)
             except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError):
                 log.warning("replay.status_lost", run_id=self.run.id)
         if self.progress:
             self.progress.finish()
+
+
+def _claimed_message(claim: Claim, now: float) -> str:
+    return (f"{claim.kind} {claim.run_id} over an overlapping range was started first by {claim.user}@{claim.host} "
+            f"pid {claim.pid} ({now - claim.at:.0f}s ago): wait for it to finish")
 
 
 async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs: Sequence[Run]) -> dict[str, set[str]]:
