@@ -3,7 +3,10 @@
 One batch at a time, from one coroutine: ``getmany`` → ``route`` every record → ``send`` every
 delivery and invalid record in a loop, then gather the futures (aiokafka #528) → await the acks,
 bounded → commit the batch's next offsets. Offsets are never committed before the acks, so a crash
-re-routes at most the batches in flight, with the same delivery ids (at-least-once).
+re-routes at most the batches in flight, with the same delivery ids (at-least-once). The commit runs
+while the next batch is fetched, routed and produced (it is a broker round trip that would otherwise
+add to every event's routing latency); the next commit, a rebalance, an idle check and shutdown each
+wait for it first, so commits stay in batch order and none is lost.
 
 A rebalance waits for the batch in flight (``on_partitions_revoked`` takes the batch lock); a batch
 fetched before a rebalance and not yet started is dropped, and refetched from the committed offsets
@@ -109,6 +112,7 @@ class RouterWorker:
         self.partitions: frozenset[int] = frozenset()
         self.events_routed = 0  # events handled (routed, no subscriber or invalid) and committed
         self.deliveries_produced = 0
+        self._committing: asyncio.Future[None] | None = None
 
     def ready(self) -> bool:
         """Running, in the consumer group, and given a first assignment (empty if more routers than partitions)."""
@@ -123,6 +127,7 @@ class RouterWorker:
         """Wait for the batch in flight (it commits), and start no other until the new assignment."""
         async with self._lock:
             self._rebalancing = True
+            await self._settle()
         for tp in partitions:  # the new owner reports these partitions' lag
             self._metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
         log.info("router.partitions_revoked", partitions=len(partitions))
@@ -176,6 +181,7 @@ class RouterWorker:
                     return
                 batch, generation = fetch.result(), self._generation
                 if not batch:
+                    await self._settle()
                     await self._refresh_lag(consumer)
                     if self._until_idle and await self._idle(consumer):
                         return
@@ -188,6 +194,7 @@ class RouterWorker:
                     await self._process(consumer, producers, batch)
         finally:
             stopping.cancel()
+            await self._settle()
 
     def _done(self) -> bool:
         return self._max_records is not None and self.events_routed >= self._max_records
@@ -221,9 +228,25 @@ class RouterWorker:
         ]
         await self._produce(producers, results)
         acked = self._clock()
+        await self._settle()  # the previous batch's commit first: commits stay in order
+        conclude = self._conclude(consumer, batch, results, acked)
+        if self._max_records is None:
+            self._committing = asyncio.ensure_future(conclude)
+        else:  # a bounded run counts committed events exactly before fetching more
+            await conclude
+
+    async def _conclude(self, consumer: AIOKafkaConsumer, batch: Batch, results: Sequence[RouteResult],
+                        acked: float) -> None:
+        """Commit an acknowledged batch, then count it (``events_routed`` counts committed events)."""
         await self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()})
         self._observe(results, acked)
         self._observe_lag(consumer, batch)
+
+    async def _settle(self) -> None:
+        """Wait for the commit in flight, if any (its errors are raised here)."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            await task
 
     async def _produce(self, producers: _Producers, results: Iterable[RouteResult]) -> None:
         """Send every record of the batch from this coroutine, then await all acks (bounded)."""
