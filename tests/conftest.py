@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import pytest
 
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import Topics
+from services.shared.topics import Topics, topic_specs
 from tests.kafka_broker import broker_for_tests
 
 pytest_plugins = ["tests.receiver"]  # the programmable webhook receiver: a `receiver` fixture
@@ -45,6 +46,13 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
             values[key] = value
     return Settings(**values)  # type: ignore[arg-type]
 
+
+
+async def create_topics_with_record_limit(settings: Settings, topic: str, max_message_bytes: int) -> None:
+    """This test's topics, one of them with a smaller ``max.message.bytes`` than the broker's default."""
+    specs = [replace(spec, config={**spec.config, "max.message.bytes": str(max_message_bytes)})
+             if spec.name == topic else spec for spec in topic_specs(settings)]
+    await kafka.create_topics(settings, specs)
 
 @pytest.fixture
 def settings(kafka_bootstrap: str) -> Settings:

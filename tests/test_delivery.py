@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,13 +19,12 @@ from services import __version__
 from services.delivery import worker as worker_module
 from services.delivery.worker import DeliveryWorker
 from services.shared import headers as h
-from services.shared import kafka
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.kafka_local import free_port
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
-from services.shared.topics import Topics, topic_specs
-from tests.conftest import make_settings
+from services.shared.topics import Topics
+from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.delivery_support import Stack, committed, delivery, make_webhook, produce, read_topic, stack
 from tests.receiver import Behavior, Receiver
 
@@ -449,9 +447,7 @@ async def test_a_dead_letter_topic_too_small_for_the_largest_event_stops_the_wor
         kafka_bootstrap: str) -> None:
     settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
     topics = Topics.from_settings(settings)
-    specs = [replace(spec, config={**spec.config, "max.message.bytes": "100000"}) if spec.name == topics.dlq else spec
-             for spec in topic_specs(settings)]
-    await kafka.create_topics(settings, specs)
+    await create_topics_with_record_limit(settings, topics.dlq, 100_000)
     async with stack(settings) as s:
         worker = DeliveryWorker(settings, s.table, s.store, s.metrics)
         with pytest.raises(ConfigError, match=rf"topic {topics.dlq} accepts records up to 100,000 bytes"):

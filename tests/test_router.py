@@ -33,7 +33,7 @@ from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook, now_iso
 from services.shared.topics import Topics, topic_specs
-from tests.conftest import make_settings
+from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.test_admin_api import running_api, with_tokens
 from tests.test_subscriptions import LiveTable
 
@@ -568,9 +568,7 @@ async def test_a_deliveries_topic_too_small_for_the_largest_event_stops_the_rout
     """Else the first large event would be routed into a topic that refuses it: refuse up front, saying why."""
     settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
     topics = Topics.from_settings(settings)
-    specs = [replace(s, config={**s.config, "max.message.bytes": "200000"}) if s.name == topics.deliveries else s
-             for s in topic_specs(settings)]
-    await kafka.create_topics(settings, specs)
+    await create_topics_with_record_limit(settings, topics.deliveries, 200_000)
     table = SubscriptionTable(settings)
     stop = asyncio.Event()
     following = asyncio.create_task(table.run(stop))
