@@ -8,7 +8,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,7 +32,7 @@ from services.shared.metrics import Metrics
 from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook, now_iso
-from services.shared.topics import Topics, topic_specs
+from services.shared.topics import Topics
 from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.test_admin_api import running_api, with_tokens
 from tests.test_subscriptions import LiveTable
@@ -387,9 +387,7 @@ async def test_invalid_event_the_broker_refuses_is_quarantined_without_its_body(
     """An invalid body under the router's size limit but over the invalid topic's: no crash, no loop."""
     settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
     topics = Topics.from_settings(settings)
-    specs = [replace(s, config={**s.config, "max.message.bytes": "100000"}) if s.name == topics.invalid else s
-             for s in topic_specs(settings)]
-    await kafka.create_topics(settings, specs)
+    await create_topics_with_record_limit(settings, topics.invalid, 100_000)
     await write_webhooks(settings, [webhook(1, 7)])
     base = prepare(example("message_created", account_id=7, conversation_id=1))
     after = prepare(example("message_created", account_id=7, conversation_id=1))
