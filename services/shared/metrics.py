@@ -87,6 +87,10 @@ class Metrics:
         self.paused_partitions = Gauge(
             f"{p}_paused_partitions", "Partitions this worker paused (retry tier not due, or backpressure).",
             registry=registry)
+        self.internal_errors = Counter(
+            f"{p}_internal_errors", "Unexpected errors while handling one record, made that record's failure "
+            "(class internal) instead of the process's, by stage (delivery, router, replay, subscriptions, api).",
+            ["stage"], registry=registry)
         self.webhooks_auto_disabled = Counter(
             f"{p}_webhooks_auto_disabled", "Webhooks disabled by the pipeline, by reason.", ["reason"],
             registry=registry)
