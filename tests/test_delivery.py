@@ -386,6 +386,25 @@ async def test_a_webhook_that_does_not_keep_up_moves_its_backlog_to_the_retry_ti
         assert s.sample("akece_webhooks_retries_scheduled_total", tier="1s") >= 34
 
 
+async def test_a_busy_healthy_webhook_drains_a_burst_without_shedding(kafka_bootstrap: str,
+                                                                      receiver: Receiver) -> None:
+    # Production's bulkhead and backlog; the backlog clock shortened so a shed would show within the test.
+    settings = make_settings(kafka_bootstrap, delivery={"per_webhook_backlog_s": 1.0})
+    assert settings.delivery.per_webhook_backlog == 500 and settings.delivery.per_webhook_concurrency == 10
+    async with stack(settings) as s:
+        hook = make_webhook(receiver.url("/fast"))
+        await s.add(hook)
+        items = [delivery(hook, conversation=n % 2000, seq=n) for n in range(20_000)]
+        await produce(settings, items)
+        worker = await s.until_idle(timeout=300)
+        assert worker.max_in_flight_seen > 2 * settings.delivery.per_webhook_backlog  # a real backlog built up
+        delivered = {r.headers["webhook-id"] for r in receiver.requests}
+        assert delivered == {i.delivery_id for i in items}
+        assert s.sample("akece_webhooks_deliveries_total", outcome="success", status_class="2xx") == 20_000
+        shed = sum(s.sample("akece_webhooks_retries_scheduled_total", tier=t) for t in ("1s", "2s"))
+        assert shed == 0  # nothing moved to a retry tier: the receiver answered every request at once
+
+
 class _HeldTable(SubscriptionTable):
     """A real table whose following can be held back: it stays ready but does not see new records."""
 

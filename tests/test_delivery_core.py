@@ -191,6 +191,59 @@ def test_overloaded_once_the_backlog_stayed_full_for_a_while() -> None:
     assert dispatcher.overloaded(1, 0) and not dispatcher.overloaded(1, 1)
 
 
+def _full(now: list[float], slow_s: float = 1.0) -> tuple[Dispatcher[FakeJob], list[FakeJob]]:
+    """A webhook with one job running and its backlog (3) full since t=0."""
+    dispatcher: Dispatcher[FakeJob] = Dispatcher(100, 1, lambda job: None, backlog=3, slow_s=slow_s,
+                                                 clock=lambda: now[0])
+    jobs = [FakeJob(f"k{n}", 1, n) for n in range(4)]
+    for job in jobs:
+        dispatcher.submit(job)
+    return dispatcher, jobs
+
+
+def test_a_busy_healthy_webhook_is_never_overloaded() -> None:
+    now = [0.0]
+    dispatcher, jobs = _full(now)
+    for n in range(100):  # answers at once, every time; more keeps arriving, the backlog stays full
+        now[0] = n * 0.1
+        dispatcher.observe(1, True, 0.004)
+        dispatcher.release(jobs[0])
+        jobs[0] = FakeJob(f"n{n}", 1, 100 + n)
+        dispatcher.submit(jobs[0])
+    assert dispatcher.waiting(1) >= 3 and now[0] >= 9.9
+    now[0] = 30.0
+    assert not dispatcher.overloaded(1, 10)
+
+
+def test_a_failing_slow_or_silent_webhook_with_a_full_backlog_is_overloaded() -> None:
+    for ok, latency in ((False, 0.004), (True, 2.5)):
+        now = [0.0]
+        dispatcher, _ = _full(now)
+        for n in range(20):
+            now[0] = n * 0.5
+            dispatcher.observe(1, ok, latency)
+        now[0] = 10.0
+        assert dispatcher.overloaded(1, 10), (ok, latency)
+    now = [0.0]
+    dispatcher, _ = _full(now)
+    now[0] = 10.0  # nothing finished since the backlog filled (a receiver holding its requests)
+    assert dispatcher.overloaded(1, 10)
+
+
+def test_a_success_before_the_backlog_filled_does_not_count() -> None:
+    now = [0.0]
+    dispatcher: Dispatcher[FakeJob] = Dispatcher(100, 1, lambda job: None, backlog=3, slow_s=1.0,
+                                                 clock=lambda: now[0])
+    first = FakeJob("a", 1, 0)
+    dispatcher.submit(first)
+    dispatcher.observe(1, True, 0.01)  # a success, while the webhook was still running this job
+    now[0] = 1.0
+    for n in range(3):
+        dispatcher.submit(FakeJob(f"k{n}", 1, n))  # the backlog fills at t=1 and nothing succeeds after
+    now[0] = 11.0
+    assert dispatcher.overloaded(1, 10)
+
+
 def test_drop_removes_queued_and_promotes_next_of_key() -> None:
     dispatcher, started = make(1, 10)
     running = FakeJob("x", 1, 0)

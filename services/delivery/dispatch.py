@@ -4,8 +4,11 @@
   the head is released, so one conversation's deliveries go out in offset order.
 - Per webhook: at most ``per_webhook`` running; heads beyond that wait in the webhook's own queue.
 - Per webhook, ``waiting(webhook)`` counts its jobs not yet started; ``overloaded(webhook, for_s)``
-  says whether that count has stayed at or above ``backlog`` for ``for_s`` seconds: the webhook is
-  not keeping up (a burst it drains does not count), and the worker stops holding more of it.
+  says whether that count has stayed at or above ``backlog`` for ``for_s`` seconds AND the webhook
+  is unhealthy: no success since its backlog filled, most recent attempts failing, or answering in
+  ``slow_s`` or more on average. Only then does the worker stop holding more of it. A busy, healthy
+  webhook (a burst or a backfill to a receiver that answers at once) is never shed: it drains at
+  its bulkhead's pace. ``observe`` feeds each finished attempt's outcome and latency.
 - Globally: at most ``max_concurrency`` running. Webhooks with waiting heads and free slots take
   turns (round robin), so a slow webhook holds only its own slots and never the dispatcher.
 
@@ -32,15 +35,43 @@ class Dispatchable(Protocol):
 J = TypeVar("J", bound=Dispatchable)
 
 
+# Weight of the newest attempt in a webhook's moving averages (about the last ten attempts count).
+ALPHA = 0.2
+
+
+class Health:
+    """A webhook's recent attempts: moving averages of latency and failure, the last success."""
+
+    __slots__ = ("failing", "latency_s", "succeeded_at")
+
+    def __init__(self) -> None:
+        self.latency_s = 0.0
+        self.failing = 0.0  # moving average of 1 (failed) / 0 (succeeded)
+        self.succeeded_at = float("-inf")
+
+    def observe(self, ok: bool, duration_s: float, now: float) -> None:
+        self.latency_s += ALPHA * (duration_s - self.latency_s)
+        self.failing += ALPHA * ((0.0 if ok else 1.0) - self.failing)
+        if ok:
+            self.succeeded_at = now
+
+    def healthy_since(self, since: float, slow_s: float) -> bool:
+        """Succeeded since ``since``, mostly succeeding, and answering faster than ``slow_s``."""
+        return self.succeeded_at >= since and self.failing < 0.5 and self.latency_s < slow_s
+
+
 class Dispatcher(Generic[J]):
     def __init__(self, max_concurrency: int, per_webhook: int, start: Callable[[J], None], *,
-                 backlog: int = 2**62, clock: Callable[[], float] = time.monotonic) -> None:
+                 backlog: int = 2**62, slow_s: float = float("inf"),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_concurrency
         self._per_webhook = per_webhook
         self._start = start
         self._backlog = backlog
+        self._slow_s = slow_s
         self._clock = clock
         self._full_since: dict[int, float] = {}  # webhook -> since when its waiting jobs >= backlog
+        self._health: dict[int, Health] = {}  # webhook -> its recent attempts, while it has jobs here
         self._keys: dict[Hashable, deque[J] | None] = {}  # active key -> jobs waiting behind its head
         self._ready: dict[int, deque[J]] = {}  # webhook -> key heads waiting for a slot
         self._running: dict[int, int] = {}  # webhook -> running jobs
@@ -56,9 +87,20 @@ class Dispatcher(Generic[J]):
         return self._waiting.get(webhook_id, 0)
 
     def overloaded(self, webhook_id: int, for_s: float) -> bool:
-        """Its waiting jobs have stayed at or above ``backlog`` for at least ``for_s`` seconds."""
+        """Its waiting jobs have stayed at or above ``backlog`` for ``for_s`` seconds and it is not healthy
+        (no success since then, mostly failing, or slow): it is not keeping up, not merely busy."""
         since = self._full_since.get(webhook_id)
-        return since is not None and self._clock() - since >= for_s
+        if since is None or self._clock() - since < for_s:
+            return False
+        health = self._health.get(webhook_id)
+        return health is None or not health.healthy_since(since, self._slow_s)
+
+    def observe(self, webhook_id: int, ok: bool, duration_s: float) -> None:
+        """A sent attempt of this webhook finished (before its ``release``)."""
+        health = self._health.get(webhook_id)
+        if health is None:
+            health = self._health[webhook_id] = Health()
+        health.observe(ok, duration_s, self._clock())
 
     def submit(self, job: J) -> None:
         self.queued += 1
@@ -84,6 +126,8 @@ class Dispatcher(Generic[J]):
             self._running[webhook] = left
         else:
             del self._running[webhook]
+            if webhook not in self._waiting:  # nothing of it here any more: forget its history
+                self._health.pop(webhook, None)
         self._offer_turn(webhook)
         waiting = self._keys.get(job.key)
         if waiting:

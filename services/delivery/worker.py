@@ -104,7 +104,8 @@ class DeliveryWorker:
         self._circuits = Circuits(settings.circuit.failure_threshold, settings.circuit.open_s,
                                   d.auto_disable_after_s)
         self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start,
-                                                       backlog=d.per_webhook_backlog)
+                                                       backlog=d.per_webhook_backlog,
+                                                       slow_s=d.per_webhook_slow_s)
         self._ledger = Ledger()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
@@ -311,6 +312,8 @@ class DeliveryWorker:
             await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
         if dispatched:
+            if result.sent:
+                self._dispatcher.observe(meta.webhook_id, result.ok, result.duration_s)
             self._dispatcher.release(job)
         self._observe(job, result, step, now)
         await self._acknowledged(acks)

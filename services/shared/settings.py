@@ -115,8 +115,14 @@ class DeliverySettings(BaseModel):
         "they stayed that many for `per_webhook_backlog_s`.",
     )
     per_webhook_backlog_s: float = Field(
-        10.0, ge=0, description="After this long at or above `per_webhook_backlog`, a webhook's new records move "
-        "to their next retry tier as a failed attempt (`webhook_backlog`) instead of filling the memory all share.",
+        10.0, ge=0, description="After this long at or above `per_webhook_backlog`, an unhealthy webhook's new "
+        "records move to their next retry tier as a failed attempt (`webhook_backlog`) instead of filling the "
+        "memory all share. Unhealthy: no success since its backlog filled, most recent attempts failing, or "
+        "answering in `per_webhook_slow_s` or more. A healthy webhook's backlog is never shed.",
+    )
+    per_webhook_slow_s: float = Field(
+        1.0, gt=0, description="A webhook whose recent attempts take this long on average is slow: its backlog "
+        "may be shed (see `per_webhook_backlog_s`).",
     )
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="How long in-flight deliveries may finish after SIGTERM."
