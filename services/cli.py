@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from services import __version__
 from services import demo as demo_cli
 from services import run as run_cli
@@ -16,6 +18,7 @@ from services.replay import cli as replay_cli
 from services.router import cli as router_cli
 from services.shared import cli as shared_cli
 from services.shared.errors import AkeceError
+from services.shared.settings import describe_invalid
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 REGISTRARS: tuple[Register, ...] = (
@@ -45,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except AkeceError as exc:
         print(f"akece-webhooks: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # the settings (AKECE_* variables): one line naming each variable
+        if exc.title != "Settings":
+            raise
+        print(f"akece-webhooks: invalid configuration: {describe_invalid(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -56,11 +56,13 @@ class Publisher:
         timeout = self._settings.kafka.send_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                await self._producer.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
+                await kafka.start(self._producer)  # a failure names its cause (password, certificate, ...)
+        except KafkaUnavailableError as exc:
+            raise KafkaUnavailableError(f"{exc}; nothing was sent") from exc
+        except TimeoutError as exc:
             await self._producer.stop()
-            reason = str(exc) or f"no answer within {timeout:g} s"
-            raise KafkaUnavailableError(f"cannot reach Kafka at {self._bootstrap}: {reason}; nothing was sent") from exc
+            raise KafkaUnavailableError(f"cannot reach Kafka at {self._bootstrap}: no answer within {timeout:g} s; "
+                                        "nothing was sent") from exc
 
     async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         await self.close()

@@ -113,7 +113,7 @@ class ReplayRoutes:
         async with self._lock:
             if self._own_producer is None:
                 producer = kafka.producer(self.settings)
-                await producer.start()
+                await kafka.start(producer)
                 self._own_producer = producer
         return self._own_producer
 

@@ -22,8 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def quiet_client_logs() -> None:
-    """One-shot commands report a Kafka failure themselves, in one line: no aiokafka log lines too."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    """One-shot commands report a Kafka failure themselves, in one line: no aiokafka log lines too.
+
+    Its ERROR records are still created (``kafka.start`` reads the cause of a failed connection
+    from them), just not printed."""
+    logger = logging.getLogger("aiokafka")
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
 
 
 def ensure_command(_: argparse.Namespace) -> int:

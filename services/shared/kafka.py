@@ -1,8 +1,9 @@
 """Kafka clients built from settings, and the idempotent topic ensure.
 
 Every stage builds its producers, consumers and admin client here, so the client options that
-matter for correctness (idempotence, acks=all, manual commits, ``earliest`` for new groups) are set
-once.
+matter for correctness (idempotence, acks=all, manual commits, ``earliest`` for new groups) and the
+connection's security (TLS, SASL: ``kafka_security``) are set once. ``start``/``started`` start a
+client and, when it cannot connect, say why in one line.
 """
 
 from __future__ import annotations
@@ -18,24 +19,30 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from services.shared.errors import ConfigError, KafkaUnavailableError
+from services.shared.kafka_security import bootstrap_failures, client_options, explain
 from services.shared.settings import Settings
 from services.shared.topics import TopicSpec, topic_specs
 
 TOPIC_ALREADY_EXISTS = 36
 
 
+def connection(settings: Settings) -> dict[str, Any]:
+    """What every client (producer, consumer, admin) gets: servers, client id, timeout, TLS and SASL."""
+    kafka = settings.kafka
+    return {"bootstrap_servers": kafka.bootstrap_servers, "client_id": kafka.client_id,
+            "request_timeout_ms": kafka.request_timeout_ms, **client_options(kafka)}
+
+
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer (acks=all) with compression and a small linger."""
     kafka = settings.kafka
     options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
+        **connection(settings),
         "enable_idempotence": True,
         "acks": "all",
         "compression_type": None if kafka.compression == "none" else kafka.compression,
         "linger_ms": kafka.linger_ms,
         "max_batch_size": 256 * 1024,
-        "request_timeout_ms": kafka.request_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -45,15 +52,13 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
     """A consumer with manual commits, reading new groups from the earliest offset."""
     kafka = settings.kafka
     options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
+        **connection(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": max(1000, kafka.session_timeout_ms // 4),
         "rebalance_timeout_ms": kafka.rebalance_timeout_ms,
-        "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
     }
     options.update(overrides)
@@ -61,11 +66,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
 
 
 def admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.client_id,
-        request_timeout_ms=settings.kafka.request_timeout_ms,
-    )
+    return AIOKafkaAdminClient(**connection(settings))
 
 
 async def _close(client: Any) -> None:
@@ -73,14 +74,22 @@ async def _close(client: Any) -> None:
     await (client.stop() if hasattr(client, "stop") else client.close())
 
 
+async def start(client: Any) -> None:
+    """Start a producer/consumer/admin client. If it cannot connect, close it and raise
+    ``KafkaUnavailableError`` naming the cause (wrong password, untrusted certificate, ...) in one line."""
+    with bootstrap_failures() as failures:
+        try:
+            await client.start()
+        except (KafkaError, OSError) as exc:
+            await _close(client)
+            reason = explain(exc, failures, client_protocol(client))
+            raise KafkaUnavailableError(f"cannot reach Kafka at {client_bootstrap(client)}: {reason}") from exc
+
+
 @asynccontextmanager
 async def started(client: Any) -> AsyncIterator[Any]:
     """Start a producer/consumer/admin client and stop it on exit, whatever happens."""
-    try:
-        await client.start()
-    except (KafkaError, OSError) as exc:
-        await _close(client)
-        raise KafkaUnavailableError(f"cannot reach Kafka at {client_bootstrap(client)}: {exc}") from exc
+    await start(client)
     try:
         yield client
     finally:
@@ -94,6 +103,13 @@ def client_bootstrap(client: Any) -> str:
     if servers is None:
         return "?"
     return servers if isinstance(servers, str) else ",".join(map(str, servers))
+
+
+def client_protocol(client: Any) -> str | None:
+    """The security protocol a client was given (its cause lines depend on it)."""
+    inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    protocol = getattr(inner, "_security_protocol", None)
+    return protocol if isinstance(protocol, str) else None
 
 
 async def send(producer_: AIOKafkaProducer, topic: str, value: bytes | None, *, key: bytes | None,

@@ -12,6 +12,7 @@ No Docker: ``kafka.Kafka`` runs on Java 17+ from the jars that Maven copies once
     broker.log          the broker's stdout and stderr (the previous run's: broker.log.1)
     broker.pid          present while a broker of ours runs
     broker.json         pid, ports and bootstrap of the latest start (the controller port is reused)
+    secure/             with ``start --secure``: CA, certificates, SCRAM password (kafka_local_secure)
 
 ``start()`` is synchronous: it returns once the broker serves (metadata lists a broker and a
 scratch topic can be created), running its asyncio probe with ``asyncio.run``. In async code use
@@ -48,6 +49,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from services.shared import kafka_local_secure as secure
 from services.shared.errors import AkeceError
 
 HOST = "127.0.0.1"
@@ -65,7 +67,7 @@ JARS_MARKER = "COMPLETE.json"
 JAVA_HINT = "install openjdk-17-jre-headless (or set JAVA_HOME)"
 MAVEN_HINT = "install maven (needed once, to download the Kafka jars from Maven Central)"
 OWN_FILES = frozenset({"server.properties", "cluster.id", "logs", "broker.log", "broker.log.1",
-                       "broker.pid", "broker.json", ".lock"})
+                       "broker.pid", "broker.json", ".lock", "secure"})
 
 
 class LocalKafkaError(AkeceError):
@@ -86,6 +88,8 @@ class KafkaStatus:
     data_dir: Path
     port: int | None = None
     controller_port: int | None = None
+    sasl_ssl_port: int | None = None  # the secured listeners, when started with ``secure``
+    mtls_port: int | None = None
 
 
 # ---------------------------------------------------------------- locations and small helpers
@@ -327,6 +331,18 @@ async def _wait_serving(bootstrap: str, port: int, exit_code: Callable[[], int |
     raise LocalKafkaError(f"the broker process exited during startup (exit code {exit_code()})")
 
 
+async def _secured_serve(files: secure.SecureFiles, sasl_port: int, mtls_port: int) -> None:
+    """Describe the cluster through each secured listener with the pipeline's own client settings."""
+    from services.shared import kafka
+    from services.shared.settings import KafkaSettings, Settings
+
+    for env in secure.client_env(files, sasl_port, mtls_port).values():
+        fields = {name.removeprefix("AKECE_KAFKA_").lower(): value for name, value in env.items()}
+        settings = Settings.model_construct(kafka=KafkaSettings(**fields, request_timeout_ms=10_000))
+        async with kafka.started(kafka.admin(settings)) as admin:
+            await admin.describe_cluster()
+
+
 # ---------------------------------------------------------------- the broker
 
 
@@ -338,11 +354,15 @@ class LocalKafka:
     """
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
-                 controller_port: int | None = None, home: Path | None = None) -> None:
+                 controller_port: int | None = None, home: Path | None = None, secure: bool = False,
+                 sasl_ssl_port: int | None = None, mtls_port: int | None = None) -> None:
         self.home = home or kafka_home()
         self.data_dir = (data_dir or self.home / "data").resolve()
         self.port = port
         self.controller_port = controller_port
+        self.secure = secure  # also serve SASL_SSL and mTLS listeners (kafka_local_secure)
+        self.sasl_ssl_port = sasl_ssl_port
+        self.mtls_port = mtls_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
 
@@ -364,6 +384,10 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.data_dir / "broker.log"
 
+    @property
+    def secure_files(self) -> secure.SecureFiles:
+        return secure.SecureFiles(self.data_dir / "secure")
+
     # -- public API
 
     def resolve_jars(self) -> Path:
@@ -380,7 +404,8 @@ class LocalKafka:
         port = info.get("port")
         return KafkaStatus(running=pid is not None, pid=pid, data_dir=self.data_dir,
                            bootstrap=f"{HOST}:{port}" if port else None, port=port,
-                           controller_port=info.get("controller_port"))
+                           controller_port=info.get("controller_port"), sasl_ssl_port=info.get("sasl_ssl_port"),
+                           mtls_port=info.get("mtls_port"))
 
     def start(self, port: int | None = None, data_dir: Path | None = None,
               controller_port: int | None = None, timeout: float = 60.0) -> KafkaStatus:
@@ -397,11 +422,15 @@ class LocalKafka:
                 return self._already_running(running)
             self.pid_file.unlink(missing_ok=True)
             port, controller_port = self._ports()
+            secured = self._secure_ports(port, controller_port) if self.secure else None
             java, jars = find_java(), self.resolve_jars()
-            self._write_props(port, controller_port)
-            self._format(java, jars)
-            self._launch(java, jars, port, controller_port)
+            files = self._secure_material() if secured else None
+            self._write_props(port, controller_port, secure.template_values(files, *(secured or (None, None))))
+            self._format(java, jars, files)
+            self._launch(java, jars, port, controller_port, secured)
             self._await_serving(port, timeout)
+            if files is not None and secured is not None:
+                self._await_secured(files, *secured)
             return self.status()
 
     async def start_async(self, port: int | None = None, data_dir: Path | None = None,
@@ -476,6 +505,9 @@ class LocalKafka:
         if self.port is not None and running.port != self.port:
             raise LocalKafkaError(f"a broker on {self.data_dir} already runs on port {running.port} "
                                   f"(pid {running.pid}): stop it first to use port {self.port}")
+        if self.secure and running.sasl_ssl_port is None:
+            raise LocalKafkaError(f"a broker on {self.data_dir} already runs without the secured listeners "
+                                  f"(pid {running.pid}): stop it first to start it with --secure")
         return running
 
     def _ports(self) -> tuple[int, int]:
@@ -488,16 +520,59 @@ class LocalKafka:
                 raise PortInUseError(candidate)
         return port, controller_port
 
+    def _secure_ports(self, port: int, controller_port: int) -> tuple[int, int]:
+        """SASL_SSL and mTLS ports: given, else the previous start's, else port+1 and port+2, else free ones."""
+        previous = self._read_info()
+        taken = {port, controller_port}
+        chosen: list[int] = []
+        for given, key, offset in ((self.sasl_ssl_port, "sasl_ssl_port", 1), (self.mtls_port, "mtls_port", 2)):
+            if given is not None:
+                if given in taken or port_in_use(given):
+                    raise PortInUseError(given)
+                candidate = given
+            else:
+                options = [previous.get(key), port + offset]
+                candidate = next((c for c in options if isinstance(c, int) and c not in taken
+                                  and not port_in_use(c)), None) or free_port()
+            taken.add(candidate)
+            chosen.append(candidate)
+        return chosen[0], chosen[1]
+
+    def _secure_material(self) -> secure.SecureFiles:
+        """The certificates and SCRAM password; refused on storage formatted without the SCRAM user."""
+        files = self.secure_files
+        if self._formatted(self._cluster_id()) and not files.formatted_marker.exists():
+            raise LocalKafkaError(
+                f"{self.data_dir} was formatted without the SCRAM user (Kafka adds SCRAM credentials only when "
+                "it formats the storage): wipe it with `akece-webhooks kafka reset` or use another --data-dir")
+        try:
+            return secure.ensure_material(files.directory)
+        except secure.CertificateError as exc:
+            raise LocalKafkaError(str(exc)) from None
+
+    def _await_secured(self, files: secure.SecureFiles, sasl_port: int, mtls_port: int) -> None:
+        """Connect to each secured listener as a client would; take the broker down if one fails."""
+        try:
+            asyncio.run(_secured_serve(files, sasl_port, mtls_port))
+        except BaseException as exc:
+            if self._proc is not None:
+                self._terminate(self._proc.pid, grace=5)
+            self.pid_file.unlink(missing_ok=True)
+            self._proc = None
+            if isinstance(exc, AkeceError):
+                raise LocalKafkaError(f"the broker started but a secured listener does not serve: {exc}") from None
+            raise
+
     def _previous_controller_port(self, port: int) -> int:
         previous = self._read_info().get("controller_port")
         if isinstance(previous, int) and previous != port and not port_in_use(previous):
             return previous
         return free_port()
 
-    def _write_props(self, port: int, controller_port: int) -> None:
+    def _write_props(self, port: int, controller_port: int, extra: dict[str, str]) -> None:
         template = Template((deploy_dir() / "server.properties.template").read_text())
         self.props_file.write_text(template.substitute(
-            node_id=NODE_ID, port=port, controller_port=controller_port, log_dir=self.data_dir / "logs"))
+            node_id=NODE_ID, port=port, controller_port=controller_port, log_dir=self.data_dir / "logs", **extra))
 
     def _cluster_id(self) -> str:
         path = self.data_dir / "cluster.id"
@@ -512,19 +587,25 @@ class LocalKafka:
             return False
         return f"cluster.id={cluster_id}" in meta.splitlines()
 
-    def _format(self, java: str, jars: Path) -> None:
-        """Format the storage once (skipped when meta.properties already names our cluster: -0.8 s)."""
+    def _format(self, java: str, jars: Path, files: secure.SecureFiles | None) -> None:
+        """Format the storage once (skipped when meta.properties already names our cluster: -0.8 s).
+
+        With ``files`` (``--secure``) the first format also creates the SCRAM user."""
         cluster_id = self._cluster_id()
         if self._formatted(cluster_id):
             return
+        scram = secure.scram_format_arguments(files) if files else []
         cmd = [java, *JVM_OPTS, "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(self.props_file), "--ignore-formatted"]
+               "-t", cluster_id, "-c", str(self.props_file), "--ignore-formatted", *scram]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=self.data_dir)
         if done.returncode != 0:
             output = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
             raise LocalKafkaError(f"formatting {self.data_dir / 'logs'} failed:\n{output}")
+        if files is not None:
+            files.formatted_marker.write_text(f"{cluster_id}\n")
 
-    def _launch(self, java: str, jars: Path, port: int, controller_port: int) -> None:
+    def _launch(self, java: str, jars: Path, port: int, controller_port: int,
+                secured: tuple[int, int] | None) -> None:
         if self.log_file.exists():
             self.log_file.replace(self.data_dir / "broker.log.1")
         extra = os.environ.get(JVM_OPTS_ENV, "").split()
@@ -536,7 +617,8 @@ class LocalKafka:
         pid = self._proc.pid
         self.pid_file.write_text(f"{pid}\n")
         info = {"pid": pid, "port": port, "controller_port": controller_port,
-                "bootstrap": f"{HOST}:{port}", "started_at": time.time(), "kafka_version": jars.name}
+                "bootstrap": f"{HOST}:{port}", "started_at": time.time(), "kafka_version": jars.name,
+                "sasl_ssl_port": secured[0] if secured else None, "mtls_port": secured[1] if secured else None}
         self.info_file.write_text(json.dumps(info, indent=1) + "\n")
 
     def _await_serving(self, port: int, timeout: float) -> None:
@@ -613,6 +695,13 @@ def add_kafka_parser(
     start.add_argument("--port", type=int, default=None,
                        help=f"PLAINTEXT port on {HOST} (default: from ${BOOTSTRAP_ENV}, else {DEFAULT_PORT})")
     start.add_argument("--controller-port", type=int, default=None, help="controller port (default: free)")
+    start.add_argument("--secure", action="store_true",
+                       help="also serve a SASL_SSL (SCRAM-SHA-512) and an mTLS listener with locally generated "
+                            "certificates; prints the environment variables that connect to them")
+    start.add_argument("--sasl-ssl-port", type=int, default=None,
+                       help="SASL_SSL port with --secure (default: the previous one, else PORT+1, else free)")
+    start.add_argument("--mtls-port", type=int, default=None,
+                       help="mTLS port with --secure (default: the previous one, else PORT+2, else free)")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     actions.choices["stop"].add_argument("--grace", type=float, default=15.0,
                                          help="seconds between SIGTERM and SIGKILL")
@@ -644,10 +733,20 @@ def _describe(status: KafkaStatus) -> str:
     return f"{status.bootstrap} (pid {status.pid}, data {_shown(status.data_dir)})"
 
 
+def _print_secured(kafka: LocalKafka, status: KafkaStatus) -> None:
+    if status.sasl_ssl_port is None or status.mtls_port is None:
+        return
+    print(f"secured listeners (CA, client certificate and SCRAM password in {_shown(kafka.secure_files.directory)}):")
+    for line in secure.env_lines(kafka.secure_files, status.sasl_ssl_port, status.mtls_port):
+        print(f"  {line}")
+
+
 def _cli_start(kafka: LocalKafka, args: argparse.Namespace) -> int:
+    kafka.secure, kafka.sasl_ssl_port, kafka.mtls_port = args.secure, args.sasl_ssl_port, args.mtls_port
     before = kafka.status()
-    if before.running and args.port in (None, before.port):
+    if before.running and args.port in (None, before.port) and (before.sasl_ssl_port or not args.secure):
         print(f"kafka already running on {_describe(before)}")
+        _print_secured(kafka, before)
         return 0
     if not kafka.jars_cached():
         find_java()
@@ -656,6 +755,7 @@ def _cli_start(kafka: LocalKafka, args: argparse.Namespace) -> int:
     began = time.monotonic()
     status = kafka.start(port=args.port, controller_port=args.controller_port, timeout=args.timeout)
     print(f"kafka running on {_describe(status)}, started in {time.monotonic() - began:.1f} s")
+    _print_secured(kafka, status)
     return 0
 
 
@@ -672,6 +772,7 @@ def _cli_status(kafka: LocalKafka, _: argparse.Namespace) -> int:
     status = kafka.status()
     if status.running:
         print(f"kafka running on {_describe(status)}")
+        _print_secured(kafka, status)
         return 0
     print(f"kafka stopped (data {_shown(status.data_dir)})")
     return 3

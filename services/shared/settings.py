@@ -8,11 +8,12 @@ table is generated from this module (``python -m services.shared.settings``).
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -22,6 +23,10 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSettings(BaseModel):
@@ -48,6 +53,45 @@ class KafkaSettings(BaseModel):
     attempts_retention_ms: int = Field(
         7 * 24 * 3600 * 1000, description="Retention of the attempt log topic."
     )
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="How clients talk to the brokers: PLAINTEXT, SSL (TLS, with a client "
+        "certificate for mTLS), SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="SASL mechanism with SASL_PLAINTEXT/SASL_SSL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name (required with SASL_*).")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (or `sasl_password_file`; exactly one of them with SASL_*)."
+    )
+    sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (a mounted secret); read when clients are built, "
+        "a trailing newline is ignored."
+    )
+    ssl_ca_file: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the brokers' certificates (default: the system's "
+        "trusted CAs, as for Amazon MSK and Confluent Cloud)."
+    )
+    ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate for mTLS (the key may be in the same file)."
+    )
+    ssl_key_file: Path | None = Field(None, description="PEM private key of the client certificate.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of an encrypted client key.")
+    ssl_check_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host it was reached by."
+    )
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSettings:
+        problem = security_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class ApiSettings(BaseModel):
@@ -190,6 +234,54 @@ class Settings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+
+def security_problem(kafka: KafkaSettings) -> str | None:
+    """What is wrong with the Kafka security settings taken together (one line), or None."""
+    protocol = kafka.security_protocol
+    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    env = "AKECE_KAFKA_"
+    if sasl and not kafka.sasl_username:
+        return f"{env}SECURITY_PROTOCOL={protocol} needs {env}SASL_USERNAME"
+    if sasl and (kafka.sasl_password is None) == (kafka.sasl_password_file is None):
+        return (f"{env}SECURITY_PROTOCOL={protocol} needs exactly one of {env}SASL_PASSWORD and "
+                f"{env}SASL_PASSWORD_FILE" + (" (both are set)" if kafka.sasl_password is not None else ""))
+    unused = [name for name, value, used in (
+        ("SASL_USERNAME", kafka.sasl_username, sasl), ("SASL_PASSWORD", kafka.sasl_password, sasl),
+        ("SASL_PASSWORD_FILE", kafka.sasl_password_file, sasl), ("SSL_CA_FILE", kafka.ssl_ca_file, tls),
+        ("SSL_CERT_FILE", kafka.ssl_cert_file, tls), ("SSL_KEY_FILE", kafka.ssl_key_file, tls),
+        ("SSL_KEY_PASSWORD", kafka.ssl_key_password, tls)) if value is not None and not used]
+    if unused:
+        wanted = "SASL_PLAINTEXT or SASL_SSL" if unused[0].startswith("SASL") else "SSL or SASL_SSL"
+        return (f"{env}{unused[0]} is set but {env}SECURITY_PROTOCOL={protocol} does not use it "
+                f"(set {env}SECURITY_PROTOCOL to {wanted}, or unset it)")
+    if kafka.ssl_key_file is not None and kafka.ssl_cert_file is None:
+        return f"{env}SSL_KEY_FILE needs {env}SSL_CERT_FILE (the client certificate it belongs to)"
+    if kafka.ssl_key_password is not None and kafka.ssl_cert_file is None:
+        return f"{env}SSL_KEY_PASSWORD needs {env}SSL_CERT_FILE and {env}SSL_KEY_FILE"
+    for name, path in (("SASL_PASSWORD_FILE", kafka.sasl_password_file), ("SSL_CA_FILE", kafka.ssl_ca_file),
+                       ("SSL_CERT_FILE", kafka.ssl_cert_file), ("SSL_KEY_FILE", kafka.ssl_key_file)):
+        if path is not None and not path.is_file():
+            return f"{env}{name}={path}: no such file"
+        if path is not None and not os.access(path, os.R_OK):
+            return f"{env}{name}={path}: not readable by this user"
+    return None
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A settings validation error in one line: each problem with the environment variable it concerns."""
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if message.startswith("AKECE_"):
+            problems.append(message)
+            continue
+        name = "AKECE_" + "_".join(str(part) for part in error["loc"]).upper()
+        value = error.get("input")
+        shown = f"={value}" if isinstance(value, str | int | float) and "SECRET" not in name and \
+            "PASSWORD" not in name and "TOKEN" not in name else ""
+        problems.append(f"{name}{shown}: {message}")
+    return "; ".join(problems)
 
 
 def _rows(model: type[BaseModel], env: str, path: str) -> list[str]:
