@@ -20,6 +20,7 @@ from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import Invalid
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.cli import quiet_client_logs
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
@@ -103,6 +104,7 @@ async def opened(settings: Settings) -> AsyncIterator[WebhookService]:
 def webhooks_command(args: argparse.Namespace) -> int:
     settings = Settings()
     logs.configure(settings, level="warning")
+    quiet_client_logs()  # a Kafka failure is the command's one line, not aiokafka's too
     return asyncio.run(_webhooks(settings, args))
 
 

@@ -31,6 +31,7 @@ from services.replay.replay import replay
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.cli import quiet_client_logs
 from services.shared.errors import ValidationError
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
@@ -113,6 +114,7 @@ def _sync(handler: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, 
     def run(args: argparse.Namespace) -> int:
         settings = Settings()
         logs.configure(settings, level="warning")
+        quiet_client_logs()  # a Kafka failure is the command's one line, not aiokafka's too
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
         return run_async(handler(args, settings))
     return run

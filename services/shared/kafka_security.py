@@ -79,7 +79,7 @@ def _ssl_context(ca: Path | None, cert: Path | None, key: Path | None, key_passw
                  check_hostname: bool) -> ssl.SSLContext:
     """One context per distinct configuration (loading the system CAs costs milliseconds per client)."""
     try:
-        context = create_ssl_context(cafile=ca)
+        context: ssl.SSLContext = create_ssl_context(cafile=ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"{ENV}SSL_CA_FILE={ca}: no usable CA certificate in it ({_reason(exc)})") from exc
     if cert is not None:
