@@ -20,6 +20,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +112,7 @@ async def test_the_pipeline_publishes_routes_and_delivers_over_a_secured_listene
     assert created.returncode == 0, created.stderr
     webhook_id = orjson.loads(created.stdout)["id"]
 
-    log = Path(tempfile.mkstemp(prefix="akece-secure-run-", suffix=".log")[1])
-    with log.open("wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "services", "run", "--role", "router", "--role", "delivery"],
-                               env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running(env, "router", "delivery") as (run, log):
         payload = example("message_created", account_id=ACCOUNT, conversation_id=5)
         published = await asyncio.to_thread(command, env, "publish", "-", stdin=orjson.dumps(payload).decode())
         assert published.returncode == 0, published.stderr
@@ -126,23 +123,40 @@ async def test_the_pipeline_publishes_routes_and_delivers_over_a_secured_listene
         assert orjson.loads(request.body) == payload
         assert request.headers["X-Chatwoot-Signature"].startswith("sha256=")
         run.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(run.wait, 60) == 0, log.read_text()[-3000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        text = log.read_text()
-        log.unlink()
-    attempts = [entry for entry in map(_json, text.splitlines()) if entry.get("event") == "delivery.attempted"]
-    assert [(a["webhook_id"], a["outcome"]) for a in attempts] == [(webhook_id, "success")], text[-3000:]
+        code = await asyncio.to_thread(run.wait, 60)
+        attempts = logged_attempts(log)
+    assert code == 0, attempts
+    assert [(a["webhook_id"], a["outcome"]) for a in attempts] == [(webhook_id, "success")]
 
 
-def _json(line: str) -> dict[str, object]:
-    try:
-        parsed = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+@contextmanager
+def running(env: dict[str, str], *roles: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``akece-webhooks run`` with these roles and its log file; killed by pid if still running at the end."""
+    with tempfile.TemporaryDirectory(prefix="akece-secure-run-") as directory:
+        log = Path(directory) / "run.log"
+        with log.open("wb") as out:
+            args = [arg for role in roles for arg in ("--role", role)]
+            run = subprocess.Popen([sys.executable, "-m", "services", "run", *args], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        try:
+            yield run, log
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+
+def logged_attempts(log: Path) -> list[dict[str, object]]:
+    """The ``delivery.attempted`` events of a JSON log (other lines are ignored)."""
+    attempts = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "delivery.attempted":
+            attempts.append(entry)
+    return attempts
 
 
 # ---------------------------------------------------------------- failures: one line naming the cause
@@ -220,6 +234,6 @@ def test_secure_start_refuses_storage_formatted_without_the_scram_user(tmp_path:
     cluster_id = plain._cluster_id()
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "meta.properties").write_text(f"cluster.id={cluster_id}\nnode.id=1\nversion=1\n")
-    with pytest.raises(LocalKafkaError, match="formatted without the SCRAM user .*kafka reset"):
+    with pytest.raises(LocalKafkaError, match=r"formatted without the SCRAM user .*kafka reset"):
         plain.start(port=free_port(), controller_port=free_port())
     assert not plain.pid_file.exists()
