@@ -459,7 +459,7 @@ class LocalKafka:
         if not self.data_dir.exists():
             return
         foreign = sorted(p.name for p in self.data_dir.iterdir()
-                         if p.name not in OWN_FILES and not p.name.startswith("hs_err"))
+                         if p.name not in OWN_FILES and not p.name.startswith(("hs_err", ".secure-")))
         if foreign:
             raise LocalKafkaError(f"refusing to wipe {self.data_dir}: it holds files kafka_local did "
                                   f"not create ({', '.join(foreign[:5])}); the broker was left as it was")
