@@ -301,6 +301,8 @@ def _wait_pidfd(pid: int, timeout: float) -> bool:
 
 async def _serves(bootstrap: str) -> bool:
     """One readiness probe: a broker is listed in metadata and a scratch topic can be created."""
+    # The broker's own PLAINTEXT listener, probed before any settings exist: not a pipeline client
+    # (those are built by services.shared.kafka with the security settings).
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     scratch = f"akece-ready-{uuid.uuid4().hex[:12]}"
     try:
