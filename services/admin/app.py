@@ -27,6 +27,7 @@ from services.admin.auth import TokenAuthenticator, token_from_headers
 from services.admin.routes import PRINCIPAL, SERVICE, json_response
 from services.admin.service import Clock, WebhookService
 from services.admin.validation import BadRequest, Invalid
+from services.console import add_console
 from services.replay.api import add_replay_routes
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
@@ -143,6 +144,7 @@ def create_app(settings: Settings, table: SubscriptionTable, store: Subscription
     app[METRICS] = metrics
     routes.add_routes(app)
     add_replay_routes(app, settings, table, store)
+    add_console(app, settings, table)  # the web console: / and /app/...
     document = openapi_document()
 
     async def openapi(_: web.Request) -> web.Response:
