@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $(STAMP)
 
-# Debian tools the tests and benchmarks use: promtool (prometheus), nginx, kcat.
+# Debian tools the tests and benchmarks use: promtool (prometheus), nginx, kcat, chromium.
 tools:
 	@bash deploy/install-tools.sh
 

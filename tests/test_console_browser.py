@@ -171,10 +171,17 @@ async def test_dead_letters_are_replayed_from_the_page_once_each(
     await reload_until(page, two_dead)
     await page.get_by_role("button", name="Count (dry run)").click()
     await expect(page.get_by_role("status")).to_contain_text("Dry run: 2 dead letters would be replayed")
+    first = await page.locator("table.log tbody tr code.id").first.inner_text()
+    await page.get_by_label(f"Select {first}").check()
+    await page.get_by_label("Only the dead letters ticked in the list").check()
+    await page.get_by_role("button", name="Count (dry run)").click()
+    await expect(page.get_by_role("status")).to_contain_text("Dry run: 1 dead letters would be replayed")
+    await expect(page.get_by_label(f"Select {first}")).to_be_checked()
     await shots.take(page, "dead-letters")
 
     receiver.set("/failing", status=200)
-    await page.get_by_label("Rate (records per second)").fill("1")
+    await page.get_by_label("All 2 dead letters matching the filter").check()
+    await page.get_by_label("Rate (records per second)").fill("0.5")
     await page.get_by_role("button", name="Replay", exact=True).click()
     await expect(page.get_by_role("heading", name=re.compile(r"^Replay rp_"))).to_be_visible()
     progress = page.url
@@ -191,8 +198,10 @@ async def test_dead_letters_are_replayed_from_the_page_once_each(
     failed = {r.headers["X-Chatwoot-Delivery"] for r in receiver.for_path("/failing") if r.answered == 500}
     assert Counter(ok) == Counter(failed), (ok, failed)  # each dead letter exactly once
 
-    await page.goto(hook + "/dead_letters")
-    await page.get_by_role("button", name="Replay", exact=True).click()  # all replayed already: refused, not resent
+    await page.goto(hook + "/dead_letters")  # the selection again: already replayed, refused, not resent
+    await page.get_by_label(f"Select {first}").check()
+    await page.get_by_label("Only the dead letters ticked in the list").check()
+    await page.get_by_role("button", name="Replay", exact=True).click()
     await expect(page.get_by_role("status")).to_contain_text("already replayed")
     assert len(receiver.for_path("/failing")) == 8
 
@@ -225,10 +234,10 @@ async def test_session_cookie_csp_and_csrf(running: Pipeline, page: Page) -> Non
     assert await page.evaluate("Object.keys(localStorage).length") == 0
 
     jar = {cookie["name"]: cookie["value"]}
-    async with aiohttp.ClientSession(cookies=jar) as http:
-        async with http.post(running.base + "/app/accounts/1/webhooks", allow_redirects=False,
-                             data={"url": "http://127.0.0.1:9/csrf", "subscriptions": "message_created"}) as answer:
-            assert answer.status == 403  # no CSRF token: refused
+    form = {"url": "http://127.0.0.1:9/csrf", "subscriptions": "message_created"}
+    async with aiohttp.ClientSession(cookies=jar) as http, \
+            http.post(running.base + "/app/accounts/1/webhooks", allow_redirects=False, data=form) as answer:
+        assert answer.status == 403  # no CSRF token: refused
     hooks = await running.api("GET", "/api/v1/accounts/1/webhooks", TOKEN)
     assert all(w["url"] != "http://127.0.0.1:9/csrf" for w in hooks["payload"]["webhooks"])
 

@@ -123,6 +123,8 @@ def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
             "type": "object", "properties": {
                 "since": {"type": "string", "description": "ISO-8601 or relative (2h, 30m, 7d)"},
                 "until": {"type": "string"}, "event": {"type": "string"}, "reason": {"type": "string"},
+                "delivery_id": {"type": ["string", "array"], "items": {"type": "string"},
+                                "description": "replay only: just these dead letters (delivery ids)"},
                 "dry_run": {"type": "boolean"}, "rate": {"type": "number"}, "force": {"type": "boolean"},
                 "enable": {"type": "boolean"}}}}}}
         operation["responses"]["202"] = {"description": "Started; the body has replay_id and count"}

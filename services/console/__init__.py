@@ -29,6 +29,11 @@ WEBHOOK = ACCOUNT + "/{id}"
 STATIC_TYPES = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
+def is_console_page(path: str) -> bool:
+    """A console route (HTML for browsers, not an API operation: not in ``openapi.json``)."""
+    return path == "/" or path == "/app" or path.startswith("/app/")
+
+
 def _static() -> dict[str, bytes]:
     folder = resources.files("services.console").joinpath("static")
     return {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}

@@ -77,9 +77,12 @@ def post_button(session: Session, action: str, label: str, *, cls: str = "", fie
 def table(caption: str, headers: Iterable[str], rows: Iterable[Iterable[str]], *, empty: str = "Nothing yet.",
           cls: str = "") -> str:
     """A table whose cells are already HTML (escape values with ``esc``)."""
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    headers = list(headers)
+    labels = [f' data-label="{esc(h)}"' for h in headers]
+    body = "".join("<tr>" + "".join(f"<td{label}>{cell}</td>" for label, cell in zip(labels, row, strict=False))
+                   + "</tr>" for row in rows)
     if not body:
-        return f'<p class="empty">{esc(empty)}</p>'
+        return f'<div class="scroll"><p class="caption">{esc(caption)}</p><p class="empty">{esc(empty)}</p></div>'
     head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
     klass = f' class="{esc(cls)}"' if cls else ""
     return (f'<div class="scroll"><table{klass}><caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead>'

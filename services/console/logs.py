@@ -98,14 +98,28 @@ def _pager(request: web.Request, page: int, *, more: bool) -> str:
     return f'<nav class="pager" aria-label="Pages">{" ".join(links)}</nav>' if links else ""
 
 
-def _dead_rows(items: list[dict[str, Any]]) -> list[list[str]]:
-    return [[f'<input type="checkbox" disabled aria-label="part of the selection: {esc(d.get("delivery_id"))}" '
-             f'checked>',
-             when(d.get("dead_lettered_at")), f"<code>{esc(d.get('event'))}</code>",
-             f'<code class="id">{esc(d.get("delivery_id"))}</code>', esc(d.get("reason")), esc(d.get("attempts")),
-             esc(f"HTTP {d['last_status']}" if d.get("last_status") else
-                 ": ".join(str(p) for p in (d.get("last_error_class"), d.get("last_error")) if p) or "-"),
-             esc(d.get("replay_id") or "-")] for d in items]
+def _dead_rows(items: list[dict[str, Any]], selected: set[str]) -> list[list[str]]:
+    rows = []
+    for d in items:
+        delivery = str(d.get("delivery_id") or "")
+        ticked = " checked" if delivery in selected else ""
+        last = (f"HTTP {d['last_status']}" if d.get("last_status") else
+                ": ".join(str(p) for p in (d.get("last_error_class"), d.get("last_error")) if p) or "-")
+        rows.append([
+            f'<input type="checkbox" form="replay-form" name="delivery_id" value="{esc(delivery)}"{ticked} '
+            f'aria-label="Select {esc(delivery)}">',
+            when(d.get("dead_lettered_at")), f"<code>{esc(d.get('event'))}</code>",
+            f'<code class="id">{esc(delivery)}</code>', esc(d.get("reason")), esc(d.get("attempts")), esc(last),
+            esc(d.get("replay_id") or "-")])
+    return rows
+
+
+def _scope(matched: Any, selected: bool) -> str:
+    choices = (("all", f"All {matched} dead letters matching the filter", not selected),
+               ("selected", "Only the dead letters ticked in the list", selected))
+    radios = "".join(f'<div><input type="radio" name="scope" id="scope-{v}" value="{v}"{" checked" if on else ""}>'
+                     f'<label for="scope-{v}">{esc(text)}</label></div>' for v, text, on in choices)
+    return f"<fieldset><legend>Selection</legend>{radios}</fieldset>"
 
 
 def _filter_fields(since: str, event: str, reason: str) -> str:
@@ -123,16 +137,18 @@ async def dead_letters(request: web.Request, ctx: Ctx, *, notice: str = "", stat
                                      limit=str(MAX_READ)))
     items = list(reversed(answer.payload["dead_letters"]))
     matched = answer.payload.get("matched", len(items))
+    selected = set(ctx.form_lists.get("delivery_id", [])) if request.method == "POST" else set()
     listing = html.table(f"Dead letters matching the filter: {matched}", (
-        "Selected", "Dead-lettered", "Event", "Delivery id", "Reason", "Attempts", "Last error", "Replayed by"),
-        _dead_rows(items), empty="No dead letters match this filter.", cls="log")
-    replay = (f'<form method="post" action="{esc(ctx.app_webhook)}/replay" class="replay">'
+        "Select", "Dead-lettered", "Event", "Delivery id", "Reason", "Attempts", "Last error", "Replayed by"),
+        _dead_rows(items, selected), empty="No dead letters match this filter.", cls="log")
+    replay = (f'<form method="post" action="{esc(ctx.app_webhook)}/replay" class="replay" id="replay-form">'
               f"{html.csrf_input(ctx.session)}"
               f'<input type="hidden" name="since" value="{esc(since)}"><input type="hidden" name="event" '
               f'value="{esc(event)}"><input type="hidden" name="reason" value="{esc(reason)}">'
-              f'<p>Selection: all {esc(matched)} dead letters matching the filter.</p>'
+              f'{_scope(matched, source.get("scope") == "selected")}'
               f'<div class="field"><label for="rate">Rate (records per second)</label>'
-              f'<input id="rate" name="rate" type="number" min="1" step="1" value="{esc(source.get("rate") or "50")}">'
+              f'<input id="rate" name="rate" type="number" min="0.1" step="0.1" '
+              f'value="{esc(source.get("rate") or "50")}">'
               f'</div><p><button type="submit" name="dry_run" value="true">Count (dry run)</button> '
               f'<button type="submit" name="dry_run" value="false" class="primary">Replay</button></p></form>')
     filters = (f'<form method="get" class="filters" aria-label="Filter dead letters">'
@@ -152,6 +168,12 @@ async def replay(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     for name in ("event", "reason"):
         if form.get(name):
             body[name] = form[name]
+    if form.get("scope") == "selected":
+        chosen = ctx.form_lists.get("delivery_id", [])
+        if not chosen:
+            return await dead_letters(request, ctx, notice="Tick at least one dead letter, or choose all matching "
+                                      "the filter.", status=422)
+        body["delivery_id"] = chosen
     rate = form.get("rate", "")
     if rate:
         try:
@@ -168,7 +190,7 @@ async def replay(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     if dry_run or answer.status != 202:
         count = payload.get("count", 0)
         return await dead_letters(request, ctx, notice=f"Dry run: <strong>{esc(count)}</strong> dead letters would "
-                                  f"be replayed ({esc(payload.get('status'))}).")
+                                  "be replayed.")
     return html.redirect(f"{ctx.app_webhook}/replays/{payload['replay_id']}")
 
 
@@ -179,6 +201,8 @@ async def replay_state(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         answer = Answer(200, {"payload": {"id": replay_id, "status": "starting"}}, {})
     run = check(answer).payload
     finished = run.get("status") not in ("running", "starting")
+    if isinstance(run.get("counts"), dict):
+        run["counts"] = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in run["counts"].items())
     rows = [[esc(k.replace("_", " ")), esc(run.get(k))] for k in (
         "id", "kind", "status", "user", "started_at", "finished_at", "total", "enqueued", "counts", "rate", "error")
         if run.get(k) is not None]

@@ -54,7 +54,7 @@ async def _status(ctx: Ctx) -> str:
     tiers = html.table("Retry tiers", ("Topic", "Delay", "Depth", "Oldest due"),
                        [[esc(t["topic"]), f"{t['delay_s']:g} s", esc(t["depth"]), when(t["oldest_due"])]
                         for t in report["retry_tiers"]])
-    return f'<p>Status at {when(report["time"])}</p><div class="grid">{lag}{circuits}{dlq}{replays}{tiers}</div>'
+    return f'<p>Status at {when(report["time"])}</p>{lag}<div class="grid">{circuits}{dlq}{replays}</div>{tiers}'
 
 
 async def overview(request: web.Request, ctx: Ctx) -> web.StreamResponse:

@@ -130,7 +130,7 @@ def secret_page(ctx: Ctx, webhook: dict[str, Any], title: str) -> web.Response:
         '<button type="button" data-copy="secret">Copy secret</button> <span class="copied" aria-live="polite">'
         "</span></p>"
         "<h3>How to verify a delivery</h3><ol>"
-        f"<li>Read the headers <code>X-{esc(prefix)}-Timestamp</code> and <code>X-{esc(prefix)}-Signature</code> "
+        f"<li>Read the headers <code>{esc(prefix)}-Timestamp</code> and <code>{esc(prefix)}-Signature</code> "
         f"(<code>sha256=&lt;hex&gt;</code>).</li>"
         "<li>Compute HMAC-SHA256 with this secret over <code>&lt;timestamp&gt;.&lt;raw request body&gt;</code>.</li>"
         "<li>Compare the hex digest with the signature in constant time; refuse old timestamps "

@@ -6,7 +6,8 @@ adds, under ``/api/v1/accounts/{account_id}/webhooks/{id}``:
 
 - ``GET .../deliveries?since=24h&limit=100``: recent attempts (attempt log), newest first.
 - ``GET .../dead_letters?since=24h&until=&event=&reason=&limit=100``: dead letters, oldest first.
-- ``POST .../replay`` body ``{since, until, event, reason, dry_run, rate, force, enable}``: 202 with
+- ``POST .../replay`` body ``{since, until, event, reason, delivery_id, dry_run, rate, force, enable}``
+  (``delivery_id``: one id, a comma-separated string or a list: only those dead letters): 202 with
   the count and the replay id (it runs in the background); 200 for a dry run or nothing to do;
   409 when everything matching was already replayed (``force`` to send again) or a run over an
   overlapping range is active: in this process or another, even one started at the same moment
@@ -176,7 +177,7 @@ class ReplayRoutes:
     async def replay(self, request: web.Request, webhook: Webhook) -> web.Response:
         body = await _body(request)
         filters = DlqFilter.of(account=str(webhook.account_id), webhook=webhook.id, event=_str(body, "event"),
-                               reason=_str(body, "reason"))
+                               reason=_str(body, "reason"), delivery=_str(body, "delivery_id"))
         source = DlqSource(self.settings, filters, self.table.get)
         return await self._run("replay", source, body, request, _str(body, "since") or DEFAULT_SINCE)
 
