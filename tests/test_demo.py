@@ -66,3 +66,5 @@ async def test_make_run_demo_shows_signed_deliveries_retries_and_dead_letters_tw
         assert "dlq_reason=exhausted" in text
         assert "pipeline stopped" in lines[-1] or "pipeline stopped" in text
         assert "Traceback" not in text, text[-3000:]
+        console = r"console +http://127\.0\.0\.1:\d+/app/ +\(sign in with demo-account-1-token"
+        assert re.search(console, text), text[:3000]

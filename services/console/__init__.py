@@ -96,8 +96,10 @@ def add_console(app: web.Application, settings: Settings, table: SubscriptionTab
         name = request.match_info["name"]
         if name not in files:
             return html.error_page(None, 404, "Not found", "There is no such file.")
-        return html.secured(web.Response(body=files[name], content_type=STATIC_TYPES[name],
-                                         headers={"Cache-Control": "public, max-age=300"}))
+        response = web.Response(body=files[name], content_type=STATIC_TYPES[name],
+                                headers={"Cache-Control": "public, max-age=300"})
+        response.enable_compression()
+        return html.secured(response)
 
     add = app.router.add_route
     add("GET", "/", root)

@@ -34,6 +34,7 @@ DEMO_DEFAULTS = {
     "AKECE_RETRY_SCHEDULE": "2,4",  # short, so the failing webhook reaches the DLQ within seconds
     "AKECE_ALLOWED_PRIVATE_CIDRS": "127.0.0.0/8",  # the demo receiver is on loopback
     "AKECE_API_ADMIN_TOKEN": "demo-admin-token",
+    "AKECE_API_ACCOUNT_TOKENS": "1:demo-account-1-token",  # the web console's sign-in for account 1
     "AKECE_LOG_LEVEL": "warning",
     "AKECE_LOG_FORMAT": "console",  # one readable line per dead letter between the receiver's lines
 }
@@ -174,11 +175,23 @@ def print_urls(settings: Settings, api: str, receiver_url: str) -> None:
     print()
     print(f"  API       {api}/api/v1/accounts/1/webhooks  (header api_access_token: "
           f"{os.environ.get('AKECE_API_ADMIN_TOKEN', '<AKECE_API_ADMIN_TOKEN>')})")
+    print(f"  console   {api}/app/  (sign in with {demo_account_token()} for account 1's webhooks, "
+          f"or the admin token for every account and the pipeline's status)")
     print(f"  metrics   http://127.0.0.1:{settings.metrics.port}/metrics  (also {api}/metrics)")
     print(f"  receiver  {receiver_url}{OK_PATH} (answers 200), {receiver_url}{FAILING_PATH} (answers 500)")
     print(f"  retries   every {', '.join(f'{d:g}s' for d in settings.retry.schedule)} then the DLQ; "
           "try `akece-webhooks dlq list` in another terminal")
     print("  Ctrl-C stops everything\n")
+
+
+def demo_account_token() -> str:
+    """Account 1's token from ``AKECE_API_ACCOUNT_TOKENS`` (the demo's own unless set otherwise)."""
+    spec = os.environ.get("AKECE_API_ACCOUNT_TOKENS", "")
+    for pair in spec.split(","):
+        account, _, token = pair.partition(":")
+        if account.strip() == "1" and token.strip():
+            return token.strip()
+    return "<an account 1 token of AKECE_API_ACCOUNT_TOKENS>"
 
 
 def counter_total(registry: CollectorRegistry, name: str, **labels: str) -> float:
