@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Error as PlaywrightError
 
 from schemas.examples import example
 from services.publisher.publisher import Publisher
@@ -94,6 +95,10 @@ async def test_add_webhook_with_two_events_and_see_only_their_deliveries(
     await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("link", name=receiver.url("/crm"))).to_be_visible()
     assert secret not in await page.content()
+    with pytest.raises(PlaywrightError, match="ERR_CACHE_MISS"):
+        await page.go_back()  # the creation screen is not kept (no-store): history cannot show it again
+    assert secret not in await page.content()
+    await page.goto(running.base + "/app/accounts/1/webhooks")
     catch_all = await running.api("POST", "/api/v1/accounts/1/webhooks",
                                   body={"url": receiver.url("/all"), "subscriptions": None})
     await page.reload()
@@ -214,7 +219,7 @@ async def test_another_accounts_pages_are_not_found(running: Pipeline, page: Pag
     await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
     for path in ("/app/accounts/1/webhooks", f"/app/accounts/1/webhooks/{webhook}",
                  f"/app/accounts/1/webhooks/{webhook}/deliveries", f"/app/accounts/1/webhooks/{webhook}/dead_letters",
-                 f"/app/accounts/2/webhooks/{webhook}", "/app/overview"):
+                 f"/app/accounts/2/webhooks/{webhook}", "/app/overview", "/app/no-such-page"):
         response = await page.goto(running.base + path)
         assert response is not None and response.status == 404, path
         await expect(page.get_by_role("heading", name="Not found")).to_be_visible()

@@ -17,7 +17,7 @@ from aiohttp import web
 from services.admin.auth import TokenAuthenticator
 from services.console import html, logs, overview, webhooks
 from services.console.client import http_session
-from services.console.core import CONSOLE, Console, page
+from services.console.core import CONSOLE, Console, not_found, page
 from services.console.health import HEALTH, HealthCache, health_json
 from services.console.html import esc
 from services.console.session import current, same_origin, sign_in, sign_out
@@ -79,6 +79,10 @@ async def sign_in_submit(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def not_found_page(request: web.Request) -> web.StreamResponse:
+    return not_found(current(request, request.app[CONSOLE].auth))
+
+
 async def sign_out_submit(request: web.Request, _: object) -> web.StreamResponse:
     response = html.redirect("/app/sign-in")
     sign_out(response)
@@ -124,3 +128,4 @@ def add_console(app: web.Application, settings: Settings, table: SubscriptionTab
     add("GET", WEBHOOK + "/dead_letters", page(logs.dead_letters))
     add("POST", WEBHOOK + "/replay", page(logs.replay))
     add("GET", WEBHOOK + "/replays/{replay_id}", page(logs.replay_state))
+    add("GET", "/app/{tail:.*}", not_found_page)  # last: an HTML 404 for any other console path

@@ -9,12 +9,13 @@ by the search box (id, account, URL or name).
 from __future__ import annotations
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from services.console import html
 from services.console.core import Ctx
 from services.console.html import esc, when
 from services.replay.status import collect, to_json
-from services.shared.errors import KafkaUnavailableError
+from services.shared.errors import AkeceError
 from services.shared.subscriptions import Webhook
 
 MAX_ROWS = 500
@@ -30,7 +31,7 @@ def _matches(webhook: Webhook, query: str) -> bool:
 async def _status(ctx: Ctx) -> str:
     try:
         report = to_json(await collect(ctx.console.settings, ctx.console.table))
-    except (KafkaUnavailableError, OSError, TimeoutError) as exc:
+    except (AkeceError, KafkaError, OSError, TimeoutError) as exc:  # the page still shows the webhooks
         return f'<p role="alert">The status could not be read: {esc(str(exc)[:200])}</p>'
     lag = html.table("Consumer lag per group", ("Group", "Topic", "Lag"),
                      [[esc(r["group"]), esc(r["topic"]), esc(r["lag"])] for r in report["lag"]],
