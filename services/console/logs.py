@@ -209,7 +209,8 @@ async def replay_state(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     live = "" if finished else ' data-refresh="2"'
     body = (f'<div role="status" aria-live="polite"{live}><p>Replay <strong>{esc(run.get("status"))}</strong>: '
             f'{esc(run.get("enqueued", 0))} of {esc(run.get("total", 0))} re-enqueued.</p>'
-            f'<progress max="{esc(run.get("total") or 1)}" value="{esc(run.get("enqueued") or 0)}"></progress></div>'
+            f'<progress aria-label="Replay progress" max="{esc(run.get("total") or 1)}" '
+            f'value="{esc(run.get("enqueued") or 0)}"></progress></div>'
             + html.table("Replay run", ("Field", "Value"), rows)
             + f'<p><a href="{esc(ctx.app_webhook)}/deliveries">Delivery log</a> · '
               f'<a href="{esc(ctx.app_webhook)}/dead_letters">Dead letters</a></p>')
