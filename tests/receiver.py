@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
@@ -136,6 +136,17 @@ class Receiver:
         async with self._arrived:
             await asyncio.wait_for(self._arrived.wait_for(enough), timeout)
         return self._matching(path, prefix)
+
+    async def first(self, predicate: Callable[[Recorded], bool], timeout: float = 10.0) -> Recorded:
+        """Wait for the first request (already arrived or not) for which ``predicate`` is true."""
+        def found() -> Recorded | None:
+            return next((r for r in self.requests if predicate(r)), None)
+
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: found() is not None), timeout)
+        match = found()
+        assert match is not None
+        return match
 
     def _matching(self, path: str | None, prefix: str | None = None) -> list[Recorded]:
         found = self.requests if path is None else self.for_path(path)
