@@ -1,4 +1,5 @@
-"""``akece-webhooks api`` and ``akece-webhooks webhooks list|create|update|delete|rotate-secret``.
+"""``akece-webhooks api`` and ``akece-webhooks webhooks list|create|update|delete|rotate-secret`` (``get`` and
+``test``: ``services.admin.webhook_tools``).
 
 The ``webhooks`` commands talk to Kafka through the same table and store as the API (and the same
 validation and network guard), so they work without the API running. They print a table by
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from services.admin import webhook_tools
 from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import Invalid
 from services.shared import kafka
@@ -60,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for action in (listing, create, update, delete, rotate):
         action.add_argument("--json", action="store_true", help="print JSON instead of a table")
         action.set_defaults(func=webhooks_command)
+    webhook_tools.register(actions, not_found=EXIT_NOT_FOUND)
 
 
 # --- api ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``akece-webhooks publish [--dry-run] [FILE|-]``: publish payloads (a JSON object, a JSON array or JSON lines).
+"""``akece-webhooks publish [--dry-run] [FILE|-|--example EVENT]``: publish payloads (a JSON object, a JSON array
+or JSON lines), or a realistic example of one event (``schemas.examples``) for an account and conversation.
 
 Every payload is validated before anything is sent. Exit codes: 0 published (or valid, with
 ``--dry-run``), 1 Kafka unreachable, topic missing or no acknowledgement in time, 2 input refused
@@ -15,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from schemas import EVENT_NAMES
+from schemas.examples import example
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared.cli import quiet_client_logs
@@ -27,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     publish.add_argument("file", nargs="?", default="-", help="a JSON object, a JSON array or JSON lines; - for stdin")
     publish.add_argument("--dry-run", action="store_true", help="validate and print, send nothing")
     publish.add_argument("--source", default="akece://core", help="CloudEvents source attribute")
+    publish.add_argument("--example", metavar="EVENT", choices=EVENT_NAMES,
+                         help="publish a realistic example of EVENT instead of reading FILE "
+                              "(e.g. --example message_created)")
+    publish.add_argument("--account", type=int, default=1, help="account id of the --example payload (default 1)")
+    publish.add_argument("--conversation", type=int, default=1,
+                         help="conversation display id of the --example payload (default 1)")
     publish.set_defaults(func=publish_command)
 
 
@@ -86,7 +95,7 @@ def prepare_all(payloads: list[Any], source: str) -> tuple[list[OutgoingEvent], 
 
 def publish_command(args: argparse.Namespace) -> int:
     try:
-        events, errors = prepare_all(parse_payloads(read_input(args.file)), args.source)
+        events, errors = prepare_all(_payloads(args), args.source)
     except ValidationError as exc:
         print(f"refused: {exc}; nothing was published", file=sys.stderr)
         return 2
@@ -106,6 +115,14 @@ def publish_command(args: argparse.Namespace) -> int:
     except KafkaUnavailableError as exc:
         print(f"publish: {exc}", file=sys.stderr)
         return 1
+
+
+def _payloads(args: argparse.Namespace) -> list[Any]:
+    if args.example is None:
+        return parse_payloads(read_input(args.file))
+    if args.file != "-":
+        raise ValidationError(f"give FILE or --example, not both (got {args.file} and --example {args.example})")
+    return [example(args.example, account_id=args.account, conversation_id=args.conversation)]
 
 
 async def _send(events: list[OutgoingEvent], source: str) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from services.delivery.ping import OUTCOME as TEST_OUTCOME
 from services.replay.attempts import attempt_time, parse
 from services.replay.window import Window, iso, offset_ranges, read_ranges
 from services.shared.errors import KafkaUnavailableError
@@ -107,7 +108,7 @@ async def open_circuits(consumer: AIOKafkaConsumer, topic: str, *, now: float, t
         for record in batch:  # one webhook's attempts share a partition (keyed by webhook id): in order
             records += 1
             attempt = parse(record.value)
-            if attempt is None:
+            if attempt is None or attempt.get("outcome") == TEST_OUTCOME:  # a test ping: no worker's circuit saw it
                 continue
             try:
                 webhook_id = int(attempt.get("webhook_id"))  # type: ignore[arg-type]
