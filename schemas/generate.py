@@ -16,11 +16,17 @@ from schemas.events import EVENT_MODELS, EVENT_NAMES
 
 JSON_DIR: Final = Path(__file__).parent / "json"
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
+ID_BASE: Final = "https://akece.ai/schemas/webhooks/"
+"""Base of every schema's ``$id``: an identifier (``<base><event>.json``), stable across releases."""
+
+
+def schema_id(event: str) -> str:
+    return f"{ID_BASE}{event}.json"
 
 
 def render(event: str) -> str:
     """The JSON Schema of one event, as text."""
-    schema = {"$schema": _DRAFT, **EVENT_MODELS[event].model_json_schema()}
+    schema = {"$schema": _DRAFT, "$id": schema_id(event), **EVENT_MODELS[event].model_json_schema()}
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -256,9 +256,10 @@ def test_json_schema_files_are_in_sync() -> None:
 def test_rendering_is_deterministic() -> None:
     first = render_all()
     assert first == render_all()
-    for text in first.values():
+    for name, text in first.items():
         assert text.endswith("}\n")
         assert orjson.loads(text)["additionalProperties"] is True
+        assert orjson.loads(text)["$id"] == f"https://akece.ai/schemas/webhooks/{name}"
 
 
 def test_generator_check_and_write(tmp_path: Any) -> None:
