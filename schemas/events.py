@@ -1,7 +1,7 @@
 """The twelve webhook events of the Chatwoot-compatible contract, and their validation.
 
 A webhook body has no envelope: it is the resource itself with a top-level ``"event"``
-(see ``/work/shared/CONTRACT.md``). The models below are lenient about which keys are present,
+(see ``docs/contract.md``). The models below are lenient about which keys are present,
 because real payloads vary, and strict about the type of a key that is present. Unknown keys
 are allowed and preserved: the platform adds fields over time and receivers expect them.
 
