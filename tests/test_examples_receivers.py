@@ -163,38 +163,50 @@ async def test_receiver_example_verifies_deliveries_and_refuses_forgeries(name: 
     scheme, build = RECEIVERS[name]
     command = await asyncio.to_thread(build, tmp_path)  # builds (cached) off the loop the pipeline runs on
     old, new = new_secret(), new_secret()
+    webhook = make_webhook("http://127.0.0.1:9/not-yet")
+    webhook.secrets = [SigningSecret(secret=old, created_at="2026-01-01T00:00:00.000Z")]
     async with Running(command, old) as receiver:
-        webhook = make_webhook(receiver.url)
-        webhook.secrets = [SigningSecret(secret=old, created_at="2026-01-01T00:00:00.000Z")]
-        await setup.pipeline.add(webhook)
+        try:
+            await check_receiver(setup, name, scheme, receiver, webhook, new)
+        finally:  # its retries would only meet a closed port from now on
+            for webhook_id in (webhook.id, webhook.id + 1):
+                await setup.pipeline.store.delete(webhook_id)
 
-        first, again = await deliver(setup, webhook, again=2)
-        assert answer(first) == (200, "processed")
-        assert answer(again) == (200, "duplicate")
 
-        # A request the worker signed with this secret, captured, then forged.
-        capture = webhook.model_copy(update={"id": webhook.id + 1, "url": setup.capture.url(f"/{name}")})
-        await setup.pipeline.add(capture)
-        await deliver(setup, capture)
-        signed = await setup.capture.first(lambda r: r.path == f"/{name}")
-        assert await post(receiver.url, signed.body, signed.headers) == (200, "processed")  # as sent: authentic
-        tampered = signed.body.replace(b'"content":"', b'"content":"tampered ', 1)
-        assert tampered != signed.body
-        status, reason = await post(receiver.url, tampered, signed.headers)
-        assert (status, "signature" in reason) == (401, True), reason
-        stale = request_headers(delivery_id=signed.headers["webhook-id"] + "-stale",
-                                timestamp=int(time.time()) - STALE_S, body=signed.body, secrets=[old])
-        status, reason = await post(receiver.url, signed.body, stale)  # validly signed, but for another time
-        assert (status, "timestamp" in reason) == (401, True), reason
+async def check_receiver(setup: Setup, name: str, scheme: str, receiver: Running, webhook: Webhook,
+                         new: str) -> None:
+    """The checks of the module docstring, for one running receiver example."""
+    old = webhook.secrets[0].secret
+    webhook.url = receiver.url
+    await setup.pipeline.add(webhook)
 
-        # Rotation: the new secret signs; the old one overlaps for an hour, then stops signing.
-        overlap = [SigningSecret(secret=new, created_at="2026-01-02T00:00:00.000Z"),
-                   SigningSecret(secret=old, created_at="2026-01-01T00:00:00.000Z", expires_at=time.time() + 3600)]
-        await setup.pipeline.add(webhook.model_copy(update={"secrets": overlap}))
-        (during,) = await deliver(setup, webhook)
-        assert answer(during) == ((200, "processed") if scheme == "standard" else (401, "signature mismatch"))
-        rotated_out = [overlap[0], overlap[1].model_copy(update={"expires_at": time.time() - 1})]
-        await setup.pipeline.add(webhook.model_copy(update={"secrets": rotated_out}))
-        (after,) = await deliver(setup, webhook)
-        assert answer(after)[0] == 401
-        assert "signature" in answer(after)[1].lower()
+    first, again = await deliver(setup, webhook, again=2)
+    assert answer(first) == (200, "processed")
+    assert answer(again) == (200, "duplicate")
+
+    # A request the worker signed with this secret, captured, then forged.
+    capture = webhook.model_copy(update={"id": webhook.id + 1, "url": setup.capture.url(f"/{name}")})
+    await setup.pipeline.add(capture)
+    await deliver(setup, capture)
+    signed = await setup.capture.first(lambda r: r.path == f"/{name}")
+    assert await post(receiver.url, signed.body, signed.headers) == (200, "processed")  # as sent: authentic
+    tampered = signed.body.replace(b'"content":"', b'"content":"tampered ', 1)
+    assert tampered != signed.body
+    status, reason = await post(receiver.url, tampered, signed.headers)
+    assert (status, "signature" in reason) == (401, True), reason
+    stale = request_headers(delivery_id=signed.headers["webhook-id"] + "-stale",
+                            timestamp=int(time.time()) - STALE_S, body=signed.body, secrets=[old])
+    status, reason = await post(receiver.url, signed.body, stale)  # validly signed, but for another time
+    assert (status, "timestamp" in reason) == (401, True), reason
+
+    # Rotation: the new secret signs; the old one overlaps for an hour, then stops signing.
+    overlap = [SigningSecret(secret=new, created_at="2026-01-02T00:00:00.000Z"),
+               SigningSecret(secret=old, created_at="2026-01-01T00:00:00.000Z", expires_at=time.time() + 3600)]
+    await setup.pipeline.add(webhook.model_copy(update={"secrets": overlap}))
+    (during,) = await deliver(setup, webhook)
+    assert answer(during) == ((200, "processed") if scheme == "standard" else (401, "signature mismatch"))
+    rotated_out = [overlap[0], overlap[1].model_copy(update={"expires_at": time.time() - 1})]
+    await setup.pipeline.add(webhook.model_copy(update={"secrets": rotated_out}))
+    (after,) = await deliver(setup, webhook)
+    assert answer(after)[0] == 401
+    assert "signature" in answer(after)[1].lower()
