@@ -31,7 +31,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: install
-	$(BIN)/ruff check services schemas tests bench
+	$(BIN)/ruff check services schemas tests bench examples
 	$(BIN)/mypy
 
 kafka: install

@@ -40,8 +40,8 @@ def register(actions: argparse._SubParsersAction, *, not_found: int) -> None:  #
     get.add_argument("id", type=int, help="the webhook id")
     test = actions.add_parser(
         "test", help="send a signed test delivery (event 'ping') and print status, latency and response",
-        description="POST a signed 'ping' to the webhook now (not retried) and record it in the attempt log "
-                    "as a test. Example: akece-webhooks webhooks test 42")
+        description="POST a signed 'ping' to the webhook now (not retried; a disabled webhook too) and record "
+                    "it in the attempt log as a test. Example: akece-webhooks webhooks test 42")
     test.add_argument("id", type=int, help="the webhook id")
     for action in (get, test):
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
