@@ -13,12 +13,17 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from schemas import validate_event
 from services.admin.cli import EXIT_NOT_FOUND
 from services.admin.service import webhook_view
+from services.delivery.http import HttpSender
+from services.delivery.ping import send_test
+from services.replay import status as status_mod
 from services.shared import headers as h
 from services.shared import kafka
+from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
 from services.shared.topics import Topics
-from tests.delivery_support import make_webhook, read_topic
+from tests.conftest import make_settings
+from tests.delivery_support import make_webhook, read_topic, stack
 from tests.receiver import Receiver
 
 
@@ -121,3 +126,19 @@ async def test_webhooks_test_sends_a_signed_ping_and_records_it(settings: Settin
 
     missing = await cli(settings, "webhooks", "test", "999")
     assert (missing.code, missing.err.strip()) == (EXIT_NOT_FOUND, "webhook 999 not found")
+
+
+async def test_failed_test_pings_open_no_circuit_in_status(kafka_bootstrap: str, receiver: Receiver) -> None:
+    """A worker's circuit never sees a test ping, so ``status`` does not count failed pings as one."""
+    settings = make_settings(kafka_bootstrap, circuit={"failure_threshold": 2})
+    receiver.set("/down", status=500)
+    webhook = make_webhook(receiver.url("/down"), account_id=6)
+    guard = NetworkGuard(settings.allowed_private_cidrs)
+    async with stack(settings) as s, HttpSender(settings.http, guard) as sender, \
+            kafka.started(kafka.producer(settings)) as producer:
+        await s.add(webhook)
+        sent = [await send_test(settings, webhook, sender, producer) for _ in range(3)]
+        assert [p.result.status for p in sent] == [500, 500, 500]
+        report = await status_mod.collect(settings, s.table)
+    assert report.circuits is not None
+    assert (report.circuits.records, report.circuits.circuits) == (3, [])
