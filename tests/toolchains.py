@@ -1,6 +1,6 @@
 """Builds of the non-Python examples, once per source change, cached under ``build/`` (git-ignored).
 
-- Node.js: ``npm install`` of an example's ``package.json`` into ``build/node/<name>/node_modules``
+- Node.js: ``npm ci`` of an example's ``package.json`` and ``package-lock.json`` into ``build/node/<name>/node_modules``
   (run the example with ``NODE_PATH`` pointing there);
 - Go: ``go build`` of an example module into ``build/go/<name>`` (the Go module cache is reused);
 - Java: ``mvn dependency:build-classpath`` of an example's ``pom.xml`` into ``build/java/<name>.classpath``
@@ -58,12 +58,14 @@ def node_modules(example: Path, name: str) -> Path:
     """``node_modules`` holding the dependencies of ``example/package.json``."""
     require("node", "npm")
     target = BUILD / "node" / name
-    digest = _digest([example / "package.json"])
+    manifests = [example / "package.json", example / "package-lock.json"]
+    digest = _digest(manifests)
     stamp = target / ".stamp"
     if not _cached(stamp, digest):
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(example / "package.json", target / "package.json")
-        _run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], target, f"npm install ({name})")
+        for manifest in manifests:
+            shutil.copy(manifest, target / manifest.name)
+        _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], target, f"npm ci ({name})")
         stamp.write_text(digest)
     return target / "node_modules"
 
