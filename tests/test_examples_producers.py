@@ -1,6 +1,7 @@
 """Every producer example in ``examples/producers/`` publishes the guide's ``message_created`` to the real
 broker, and the running pipeline routes it to a webhook: the receiver gets the exact file bytes
-under the delivery id of the event id the example printed, and nothing is quarantined.
+under the delivery id of the event id the example printed, and nothing is quarantined. The record
+on the events topic has the key, the headers and the partition Java's client picks for that key.
 
 The non-Python examples are built once per source change (``tests/toolchains.py``, cached under
 ``build/``); a missing toolchain skips that example with the reason. The Ruby example is documentation
@@ -15,10 +16,14 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
+from services.shared import headers as h
 from services.shared import kafka
 from services.shared.deliveries import delivery_id
 from services.shared.settings import Settings
@@ -32,6 +37,7 @@ from tests.receiver import Receiver
 EXAMPLES = toolchains.ROOT / "examples" / "producers"
 EVENT_FILE = EXAMPLES / "message_created.json"
 RUN_TIMEOUT_S = 120.0
+PARTITIONS = 6  # enough that a producer with another partitioner would likely pick another partition
 PUBLISHED = re.compile(r"^published ([0-9a-f-]{36})\b", re.MULTILINE)
 
 
@@ -85,7 +91,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def module_settings(kafka_bootstrap: str) -> Settings:
-    return make_settings(kafka_bootstrap)
+    return make_settings(kafka_bootstrap, kafka={"partitions": PARTITIONS})
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,16 @@ async def test_producer_example_is_routed_to_the_webhook(name: str, setup: Setup
 
     found = PUBLISHED.search(output)
     assert found, f"the example printed no event id: {output!r}"
-    expected = delivery_id(found.group(1), setup.webhook.id)
+    event_id = found.group(1)
+    record = await event_record(setup.pipeline.settings, event_id)
+    headers = h.to_dict(record.headers)
+    assert record.key == b"1:1234"
+    assert record.partition == java_partition(record.key, PARTITIONS), "not the partition Java's client picks"
+    assert {k: v for k, v in headers.items() if k not in (h.CE_ID, h.CE_SOURCE, h.CE_TIME)} == {
+        h.CE_SPECVERSION: "1.0", h.CE_TYPE: "message_created", h.CE_ACCOUNT_ID: "1", h.CONTENT_TYPE: "application/json"}
+    assert headers[h.CE_SOURCE].startswith("akece://examples/")
+    assert datetime.fromisoformat(headers[h.CE_TIME]).tzinfo is not None
+    expected = delivery_id(event_id, setup.webhook.id)
     request = await setup.receiver.first(lambda r: r.headers.get("webhook-id") == expected, timeout=30)
     assert request.body == EVENT_FILE.read_bytes()
     assert request.headers["X-Chatwoot-Delivery"] == expected
@@ -134,6 +149,28 @@ async def test_producer_example_is_routed_to_the_webhook(name: str, setup: Setup
     async with kafka.started(consumer):
         ends = await kafka.end_offsets(consumer, invalid)
     assert sum(ends.values()) == 0, "the router quarantined an event"
+
+
+async def event_record(settings: Settings, event_id: str) -> Any:
+    """The events-topic record whose ``ce_id`` is ``event_id`` (read group-less from the start)."""
+    topic = f"{settings.topic_prefix}.events"
+    consumer = kafka.consumer(settings, group_id=None)
+    async with kafka.started(consumer):
+        ends = await kafka.end_offsets(consumer, topic)
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        async with asyncio.timeout(30):
+            while True:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in batch:
+                        if h.to_dict(record.headers).get(h.CE_ID) == event_id:
+                            return record
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java client (murmur2) picks for a key; aiokafka's default partitioner does the same."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(key, every, every))
 
 
 def test_ruby_example_mirrors_the_tested_ones() -> None:

@@ -9,8 +9,10 @@ account=1          # must equal the body's account.id, or the event is quarantin
 conversation=1234  # the body's conversation.display_id
 
 # A file argument (without -l) is sent whole, as one message; stdin would be split on newlines.
+# partitioner=murmur2_random: the partition Java's client (and every other producer here) picks for a key;
+# librdkafka's default (CRC32) would put the same conversation on another partition than theirs.
 kcat -P -b "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}" -t "${AKECE_EVENTS_TOPIC:-akece.events}" \
-  -X acks=all -k "$account:$conversation" \
+  -X acks=all -X partitioner=murmur2_random -k "$account:$conversation" \
   -H ce_specversion=1.0 \
   -H "ce_id=$event_id" \
   -H ce_source=akece://examples/kcat \

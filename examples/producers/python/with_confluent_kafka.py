@@ -29,7 +29,9 @@ def main(path: Path) -> None:
         ("content-type", b"application/json"),
     ]
     producer = Producer({"bootstrap.servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-                         "acks": "all", "enable.idempotence": True})
+                         "acks": "all", "enable.idempotence": True,
+                         # the partition Java's client picks for a key (librdkafka's default, CRC32, differs)
+                         "partitioner": "murmur2_random"})
     outcome: dict[str, Message | KafkaError | None] = {}
 
     def delivered(err: KafkaError | None, msg: Message) -> None:

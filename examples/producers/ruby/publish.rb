@@ -15,7 +15,8 @@ conversation = "1234" # the body's conversation.display_id
 producer = Rdkafka::Config.new(
   "bootstrap.servers" => ENV.fetch("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
   "acks" => "all",
-  "enable.idempotence" => true
+  "enable.idempotence" => true,
+  "partitioner" => "murmur2_random" # the partition Java's client picks for a key (librdkafka's default differs)
 ).producer
 report = producer.produce(
   topic: ENV.fetch("AKECE_EVENTS_TOPIC", "akece.events"),
