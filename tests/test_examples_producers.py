@@ -180,3 +180,4 @@ def test_ruby_example_mirrors_the_tested_ones() -> None:
     for header in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_accountid", "content-type"):
         assert f'"{header}" =>' in text
     assert '"#{account_id}:#{conversation}"' in text
+    assert '"partitioner" => "murmur2_random"' in text
