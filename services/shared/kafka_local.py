@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -262,6 +263,21 @@ def _is_our_broker(pid: int, props: Path) -> bool:
     except OSError:
         return False
     return b"kafka.Kafka" in args and str(props).encode() in args
+
+
+def _raise_open_files_limit() -> None:
+    """In the broker's child before exec: as many open files as the system allows (root), else the hard limit.
+
+    A broker keeps files open per partition; a long test session creates thousands of topics, and at the
+    limit the broker fails its log directory and shuts down ("Too many open files").
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        most = int(Path("/proc/sys/fs/nr_open").read_text())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(most, hard), max(most, hard)))
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _wait_exit(pid: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> bool:
@@ -615,7 +631,8 @@ class LocalKafka:
                "-cp", f"{jars}/*", "kafka.Kafka", str(self.props_file)]
         with self.log_file.open("wb") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          cwd=self.data_dir, start_new_session=True)
+                                          cwd=self.data_dir, start_new_session=True,
+                                          preexec_fn=_raise_open_files_limit)
         pid = self._proc.pid
         self.pid_file.write_text(f"{pid}\n")
         info = {"pid": pid, "port": port, "controller_port": controller_port,
