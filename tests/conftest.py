@@ -18,7 +18,7 @@ from services.shared.settings import Settings
 from services.shared.topics import Topics, topic_specs
 from tests.kafka_broker import broker_for_tests
 
-pytest_plugins = ["tests.receiver"]  # the programmable webhook receiver: a `receiver` fixture
+pytest_plugins = ["tests.receiver", "tests.containers"]  # a `receiver` fixture; `podman` and `image`
 
 
 @pytest.fixture(scope="session")
