@@ -16,6 +16,7 @@ from services.delivery import cli as delivery_cli
 from services.publisher import cli as publisher_cli
 from services.replay import cli as replay_cli
 from services.router import cli as router_cli
+from services.shared import alerts as alerts_cli
 from services.shared import cli as shared_cli
 from services.shared.errors import AkeceError
 from services.shared.settings import describe_invalid
@@ -30,6 +31,7 @@ REGISTRARS: tuple[Register, ...] = (
     replay_cli.register,
     run_cli.register,
     demo_cli.register,
+    alerts_cli.register,
 )
 
 

@@ -23,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from services.shared.metrics import Metrics
 from services.shared.runtime import Supervisor
+from services.shared.settings import DEFAULT_RUNBOOK_BASE_URL
 from tests.promql_names import exported_metrics, expressions, metric_names, recorded_names, referenced_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
         notes = rule["annotations"]
         assert notes.get("summary") and notes.get("description"), name
         url = notes["runbook_url"]
-        assert url.startswith("docs/runbook.md#"), name
+        assert url.startswith(f"{DEFAULT_RUNBOOK_BASE_URL}#"), f"{name}: runbook_url must be absolute, under the base"
         assert url.partition("#")[2] in anchors, f"{name}: no runbook section for {url}"
         assert url.partition("#")[2] == github_anchor(name), f"{name}: the section is named after the alert"
 

@@ -21,7 +21,8 @@ mirror=${DEBIAN_MIRROR:-$(mirror_from_apt | head -n1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d "$(dirname "$out")/rootfs.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# --one-file-system: never descend into a /proc or /sys debootstrap left mounted after a failure.
+trap 'umount "$work/root/proc" "$work/root/sys" 2>/dev/null; rm -rf --one-file-system "$work"' EXIT
 echo "debootstrap bookworm from $mirror (python3, python3-venv, tini, ca-certificates)" >&2
 debootstrap --variant=minbase --include=python3,python3-venv,tini,ca-certificates \
     bookworm "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 \

@@ -12,11 +12,15 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+# Where docs/runbook.md is published. deploy/prometheus/alerts.yml links its sections under this base;
+# `akece-webhooks alerts render` and the Helm chart's `runbookBaseUrl` put yours in its place.
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/akece/akece-webhooks/blob/main/docs/runbook.md"
 
 
 def _split_csv(value: Any) -> Any:
@@ -214,6 +218,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("auto", description="`json`, `console`, or `auto` (JSON when stdout is not a terminal).")
+    runbook_base_url: str = Field(
+        DEFAULT_RUNBOOK_BASE_URL,
+        description="Absolute URL of the runbook (docs/runbook.md as your team publishes it); the alert rules' "
+        "`runbook_url`s are this plus `#<alert>` (`akece-webhooks alerts render`, the chart's `runbookBaseUrl`).",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -227,6 +236,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_cidrs(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.fragment:
+            raise ValueError("runbook base URL must be an absolute http(s) URL without a #fragment")
+        return value
 
     @field_validator("allowed_private_cidrs")
     @classmethod
