@@ -58,10 +58,15 @@ def values_args(name: str) -> list[str]:
     return ["--values", str(path)] if path else []
 
 
+def template(*args: str) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of the chart as release akece-webhooks in namespace webhooks."""
+    return subprocess.run([helm(), "template", "akece-webhooks", str(CHART), "--namespace", "webhooks", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
 @cache
 def rendered(name: str) -> list[dict[str, Any]]:
-    result = subprocess.run([helm(), "template", "akece-webhooks", str(CHART), "--namespace", "webhooks", *values_args(name)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = template(*values_args(name))
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -133,7 +138,8 @@ def test_manifests_validate_strictly(name: str, tmp_path: Path, capsys: pytest.C
 def test_one_deployment_per_role_with_probes_resources_and_a_pdb(name: str) -> None:
     deployments = by_name(name, "Deployment")
     assert set(deployments) == {f"akece-webhooks-{role}" for role in ROLES}
-    pdbs = {doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for doc in of_kind(name, "PodDisruptionBudget")}
+    pdbs = {doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            for doc in of_kind(name, "PodDisruptionBudget")}
     assert pdbs == set(ROLES)
     for role in ROLES:
         pod = deployments[f"akece-webhooks-{role}"]["spec"]["template"]["spec"]
@@ -207,18 +213,16 @@ def test_strimzi_uses_mutual_tls_from_the_cluster_ca_and_the_kafka_user() -> Non
 
 
 def test_sasl_without_credentials_is_refused_in_one_line() -> None:
-    result = subprocess.run([helm(), "template", "akece-webhooks", str(CHART), "--set", "kafka.securityProtocol=SASL_SSL"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = template("--set", "kafka.securityProtocol=SASL_SSL")
     assert result.returncode != 0
     assert "set kafka.sasl.username and kafka.sasl.password, or name a Secret in kafka.sasl.existingSecret" \
         in result.stderr
 
 
 def test_chart_made_secrets_hold_the_values() -> None:
-    result = subprocess.run([helm(), "template", "akece-webhooks", str(CHART), "--set", "kafka.securityProtocol=SASL_SSL",
-                             "--set", "kafka.sasl.username=svc", "--set", "kafka.sasl.password=pw",
-                             "--set", "apiTokens.adminToken=tok", "--set", "apiTokens.accountTokens=1:a"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = template("--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=svc",
+                      "--set", "kafka.sasl.password=pw", "--set", "apiTokens.adminToken=tok",
+                      "--set", "apiTokens.accountTokens=1:a")
     assert result.returncode == 0, result.stderr
     secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Secret"}
     assert secrets["akece-webhooks-api-tokens"]["stringData"] == {"admin-token": "tok", "account-tokens": "1:a"}
@@ -296,8 +300,7 @@ def test_plain_delivery_autoscaling_is_capped_at_the_partition_count() -> None:
 # --- Strimzi topics -------------------------------------------------------------------------------------------
 
 def strimzi_topics(*extra: str) -> dict[str, dict[str, Any]]:
-    result = subprocess.run([helm(), "template", "akece-webhooks", str(CHART), "--values", str(VALUES["strimzi"]), *extra],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = template("--values", str(VALUES["strimzi"]), *extra)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "KafkaTopic"]
     return {d["spec"]["topicName"]: d for d in docs}
