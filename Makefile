@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install tools run test test-fast lint kafka kafka-stop schemas config-table openapi bench clean
+.PHONY: install tools run test test-fast lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
 
 install: $(STAMP)
 
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $(STAMP)
 
-# Debian tools the tests and benchmarks use: promtool (prometheus), nginx, kcat, chromium.
+# Tools the tests and benchmarks use: Debian's prometheus (promtool), nginx, kcat, chromium, podman, runc
+# and debootstrap; Helm v4 (built with Go into build/bin) and the debootstrapped base image (build/container).
 tools:
 	@bash deploy/install-tools.sh
 
@@ -51,6 +52,16 @@ config-table: install
 
 bench: install tools
 	$(PY) -m bench
+
+# The chart carries copies of the alert rules and the dashboard (Helm reads only its own folder);
+# tests/test_helm_chart.py fails when they differ from the sources.
+chart-files:
+	cp deploy/prometheus/alerts.yml deploy/helm/akece-webhooks/files/alerts.yml
+	cp deploy/grafana/dashboards/akece-webhooks.json deploy/helm/akece-webhooks/files/akece-webhooks.json
+
+# The image, with podman (or: docker build -t akece-webhooks .).
+image:
+	podman build --format docker -t localhost/akece-webhooks:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
