@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,3 +336,19 @@ def test_environment_of_the_default_render_is_read_by_the_settings() -> None:
     assert settings.retry.schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
     assert settings.delivery.max_in_flight == 10000 and settings.metrics.port == 9100
     assert settings.kafka.bootstrap_servers == "my-cluster-kafka-bootstrap:9092"
+
+
+# --- the runbook speaks of what the chart ships ---------------------------------------------------------
+
+def test_runbook_names_the_charts_deployments_and_labels() -> None:
+    text = (ROOT / "docs" / "runbook.md").read_text()
+    assert "systemctl" not in text  # no units are shipped
+    deployments = by_name("default", "Deployment")
+    named = set(re.findall(r"deploy/(akece-webhooks-[a-z]+)", text)) - {"akece-webhooks-<role>"}
+    assert named and named <= set(deployments), named - set(deployments)
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] | d["metadata"]["labels"] for d in deployments.values()]
+    selectors = re.findall(r"-l ([\w./-]+=[\w-]+)", text)
+    assert selectors
+    for selector in selectors:
+        key, _, value = selector.partition("=")
+        assert any(labels.get(key) == value for labels in pod_labels), f"no pod of the chart has {selector}"
