@@ -107,6 +107,21 @@ async def wait_ready(http: aiohttp.ClientSession, podman: Podman, name: str, por
             await asyncio.sleep(0.5)
 
 
+RSS_SCRIPT = """
+import glob
+for status in glob.glob("/proc/[0-9]*/status"):
+    fields = dict(line.split(":", 1) for line in open(status) if ":" in line)
+    if fields["Name"].strip().startswith("akece-webhook") and "VmRSS" in fields:
+        print(int(fields["VmRSS"].split()[0]) // 1024)
+"""
+
+
+async def idle_rss_mb(podman: Podman, name: str) -> float:
+    code, out = await podman.arun("exec", name, "python3", "-c", RSS_SCRIPT)
+    assert code == 0, out
+    return float(out.split()[0])
+
+
 async def test_image_runs_the_pipeline_and_drains_on_stop(podman: Podman, image: Image, kafka_bootstrap: str,
                                                           receiver: Receiver) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}"
@@ -132,6 +147,8 @@ async def test_image_runs_the_pipeline_and_drains_on_stop(podman: Podman, image:
             assert ready, role
         code, out = await podman.arun("healthcheck", "run", names["deliver"])
         assert code == 0, f"HEALTHCHECK failed: {out}"
+        for role in ("api", "router", "deliver"):  # measured for docs/deploy.md (Sizing), not asserted
+            print(f"\n{role}: idle RSS {await idle_rss_mb(podman, names[role]):.0f} MB")
 
         async with http.post(f"http://127.0.0.1:{api_port}/api/v1/accounts/7/webhooks",
                              headers={"api_access_token": TOKEN},
