@@ -352,3 +352,18 @@ def test_runbook_names_the_charts_deployments_and_labels() -> None:
     for selector in selectors:
         key, _, value = selector.partition("=")
         assert any(labels.get(key) == value for labels in pod_labels), f"no pod of the chart has {selector}"
+
+
+def test_deploy_guide_uses_values_the_chart_has() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    for path in set(re.findall(r"deploy/helm/values-[a-z]+\.yaml", text)):
+        assert (ROOT / path).exists(), path
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    keys = set(re.findall(r"--set ([\w.]+)=", text)) | set(re.findall(r"`((?:kafka|delivery|router|api|apiTokens|"
+                                                                     r"monitoring|strimzi|topicsJob)\.[\w.]+)`", text))
+    assert keys
+    for key in keys:
+        node: Any = values
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"docs/deploy.md names {key}, which values.yaml lacks"
+            node = node[part]
