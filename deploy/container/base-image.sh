@@ -22,7 +22,7 @@ mirror=${mirror:-http://deb.debian.org/debian}
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d "$(dirname "$out")/rootfs.XXXXXX")
 # --one-file-system: never descend into a /proc or /sys debootstrap left mounted after a failure.
-trap 'umount "$work/root/proc" "$work/root/sys" 2>/dev/null; rm -rf --one-file-system "$work"' EXIT
+trap 'umount "$work/root/proc" "$work/root/sys" 2>/dev/null || true; rm -rf --one-file-system "$work" "$out.tmp"' EXIT
 echo "debootstrap bookworm from $mirror (python3, python3-venv, tini, ca-certificates)" >&2
 debootstrap --variant=minbase --include=python3,python3-venv,tini,ca-certificates \
     bookworm "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 \
