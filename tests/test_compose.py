@@ -123,6 +123,9 @@ async def run(podman: Podman, *args: str, timeout: float = 300) -> str:
     return text
 
 
+# A cold first run builds the base image (debootstrap) and the image in its setup.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_podman_compose_runs_the_services_against_the_broker(podman: Podman, image: Image,
                                                                    kafka_bootstrap: str, receiver: Receiver,
                                                                    tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ def test_dockerfile_shape() -> None:
     assert ignored[1:2] == ["*"] or "*" in ignored  # everything but what the image needs
 
 
+# A cold first run builds the base image (debootstrap) and the image in its setup.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_image_metadata(podman: Podman, image: Image) -> None:
     inspected = json.loads(podman.run("image", "inspect", image.name).stdout)[0]
     config = inspected["Config"]
@@ -122,6 +125,9 @@ async def idle_rss_mb(podman: Podman, name: str) -> float:
     return float(out.split()[0])
 
 
+# A cold first run builds the base image (debootstrap) and the image in its setup.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_image_runs_the_pipeline_and_drains_on_stop(podman: Podman, image: Image, kafka_bootstrap: str,
                                                           receiver: Receiver) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}"
