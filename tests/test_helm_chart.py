@@ -36,10 +36,7 @@ VALUES = {"default": None, **{name: HELM_DIR / f"values-{name}.yaml" for name in
 # Custom resources kubernetes-validate has no schema for; checked by the tests below instead.
 CRDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule", "KafkaTopic"}
 ROLES = ("api", "router", "delivery")
-# Variables of the Kafka security settings (services/shared/kafka.py, the TLS/SASL settings).
-KAFKA_SECURITY_ENV = {"AKECE_KAFKA_SECURITY_PROTOCOL", "AKECE_KAFKA_SASL_MECHANISM", "AKECE_KAFKA_SASL_USERNAME",
-                      "AKECE_KAFKA_SASL_PASSWORD", "AKECE_KAFKA_SASL_PASSWORD_FILE", "AKECE_KAFKA_SSL_CA_FILE",
-                      "AKECE_KAFKA_SSL_CERT_FILE", "AKECE_KAFKA_SSL_KEY_FILE", "AKECE_KAFKA_SSL_CHECK_HOSTNAME"}
+MOUNT = "/etc/akece-webhooks/kafka"  # where the chart mounts the Kafka credential files
 
 
 def helm() -> str:
@@ -169,7 +166,7 @@ def settings_env_names(model: type[BaseModel] = Settings, prefix: str = "AKECE_"
 
 @pytest.mark.parametrize("name", VALUES)
 def test_every_variable_the_chart_sets_is_a_setting(name: str) -> None:
-    known = settings_env_names() | KAFKA_SECURITY_ENV
+    known = settings_env_names()
     for kind in ("Deployment", "Job"):
         for doc in of_kind(name, kind):
             for container in doc["spec"]["template"]["spec"]["containers"]:
@@ -322,20 +319,45 @@ def test_kafka_topics_are_the_topics_of_topics_ensure(schedule: list[int] | None
         assert topic["spec"]["config"] == spec.config, name
 
 
-def test_environment_of_the_default_render_is_read_by_the_settings() -> None:
-    """The chart's plain values reach the settings model as meant (no typo in a name or a format)."""
-    api = by_name("default", "Deployment")["akece-webhooks-delivery"]["spec"]["template"]["spec"]["containers"][0]
-    env = {k: v for k, v in env_of(api).items() if isinstance(v, str) and k not in KAFKA_SECURITY_ENV}
+def settings_from(container: dict[str, Any], files: Path) -> Settings:
+    """The settings a container of the chart starts with: its variables (a Secret's value replaced by a
+    sample), its mounted credential files written under ``files``."""
+    env = {}
+    for key, value in env_of(container).items():
+        if isinstance(value, dict):
+            value = f"sample-{key.lower()}"
+        elif value.startswith(MOUNT):
+            path = files / Path(value).name
+            path.write_text("sample")
+            value = str(path)
+        env[key] = value
     saved = dict(os.environ)
     try:
+        for key in [k for k in os.environ if k.startswith("AKECE_")]:
+            del os.environ[key]
         os.environ.update(env)
-        settings = Settings()
+        return Settings()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    assert settings.retry.schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
-    assert settings.delivery.max_in_flight == 10000 and settings.metrics.port == 9100
-    assert settings.kafka.bootstrap_servers == "my-cluster-kafka-bootstrap:9092"
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_every_container_starts_with_settings_the_model_accepts(name: str, tmp_path: Path) -> None:
+    """No typo in a name or a format: each rendered environment passes the settings' own checks
+    (security settings that fit together, files that exist)."""
+    containers = {doc["metadata"]["name"]: doc["spec"]["template"]["spec"]["containers"][0]
+                  for kind in ("Deployment", "Job") for doc in of_kind(name, kind)}
+    for container_name, container in containers.items():
+        settings = settings_from(container, tmp_path)
+        assert settings.metrics.port == 9100, container_name
+        assert settings.retry.schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    delivery = settings_from(containers["akece-webhooks-delivery"], tmp_path)
+    assert delivery.delivery.max_in_flight == 10000 and delivery.delivery.shutdown_grace_s == 20
+    protocol = {"default": "PLAINTEXT", "plain": "PLAINTEXT", "msk": "SASL_SSL", "strimzi": "SSL"}[name]
+    assert delivery.kafka.security_protocol == protocol
+    if name == "msk":
+        assert delivery.kafka.sasl_mechanism == "SCRAM-SHA-512"
 
 
 # --- the runbook speaks of what the chart ships ---------------------------------------------------------
