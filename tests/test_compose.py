@@ -11,6 +11,7 @@ host's network and points them at the session broker. The rest of the stack is c
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def podman_compose() -> str:
     return found
 
 
-def override(image: str, bootstrap: str, prefix: str, ports: dict[str, int], api_port: int) -> dict[str, Any]:
+def override(bootstrap: str, prefix: str, ports: dict[str, int], api_port: int) -> dict[str, Any]:
     """The project's services on the host's network, against the session broker."""
     common = {"AKECE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "AKECE_TOPIC_PREFIX": prefix,
               "AKECE_KAFKA_PARTITIONS": "3", "AKECE_RETRY_SCHEDULE": "1,2", "AKECE_METRICS_HOST": "127.0.0.1",
@@ -114,8 +115,8 @@ def override(image: str, bootstrap: str, prefix: str, ports: dict[str, int], api
     return {"services": services}
 
 
-async def run(podman: Podman, *args: str, timeout: float = 300) -> str:
-    process = await asyncio.create_subprocess_exec(*args, env=podman.env, stdout=asyncio.subprocess.PIPE,
+async def run(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    process = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT, cwd=COMPOSE_DIR)
     out, _ = await asyncio.wait_for(process.communicate(), timeout)
     text = out.decode(errors="replace")
@@ -134,17 +135,16 @@ async def test_podman_compose_runs_the_services_against_the_broker(podman: Podma
     ports = {name: free_port() for name in PROJECT_SERVICES}
     api_port = free_port()
     extra = tmp_path / "host-network.yml"
-    extra.write_text(yaml.safe_dump(override(image.name, kafka_bootstrap, prefix, ports, api_port)))
-    podman.env["AKECE_IMAGE"] = image.name
-    podman.env["AKECE_API_ADMIN_TOKEN"] = TOKEN
+    extra.write_text(yaml.safe_dump(override(kafka_bootstrap, prefix, ports, api_port)))
+    env = {**podman.env, "AKECE_IMAGE": image.name, "AKECE_API_ADMIN_TOKEN": TOKEN}  # what compose interpolates
     base = [podman_compose(), "--project-name", project, "--file", str(COMPOSE), "--file", str(extra)]
     for name in ("topics", *PROJECT_SERVICES):
         podman.containers.append(f"{project}_{name}_1")
     try:
-        await run(podman, *base, "up", "--detach", "--no-deps", "topics")
+        await run(env, *base, "up", "--detach", "--no-deps", "topics")
         code, out = await podman.arun("wait", f"{project}_topics_1", timeout=120)
         assert code == 0 and out.strip() == "0", f"topics exited {out.strip()}: {podman.logs(f'{project}_topics_1')}"
-        await run(podman, *base, "up", "--detach", "--no-deps", *PROJECT_SERVICES)
+        await run(env, *base, "up", "--detach", "--no-deps", *PROJECT_SERVICES)
 
         async with aiohttp.ClientSession() as http:
             for name in PROJECT_SERVICES:
@@ -158,7 +158,7 @@ async def test_podman_compose_runs_the_services_against_the_broker(podman: Podma
         publish = await asyncio.create_subprocess_exec(
             str(BIN / "akece-webhooks"), "publish", "-", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**podman.env, "AKECE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AKECE_TOPIC_PREFIX": prefix})
+            env={**os.environ, "AKECE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AKECE_TOPIC_PREFIX": prefix})
         out_bytes, _ = await asyncio.wait_for(publish.communicate(orjson.dumps(event)), 60)
         assert publish.returncode == 0, out_bytes.decode()
 
@@ -166,13 +166,13 @@ async def test_podman_compose_runs_the_services_against_the_broker(podman: Podma
         assert request.path == "/compose" and orjson.loads(request.body)["id"] == event["id"]
 
         # `stop` sends SIGTERM: each service drains and exits 0 (137 would mean killed at the timeout).
-        await run(podman, *base, "stop", "--timeout", "30", *PROJECT_SERVICES)
+        await run(env, *base, "stop", "--timeout", "30", *PROJECT_SERVICES)
         for name in PROJECT_SERVICES:
             container = f"{project}_{name}_1"
             exit_code = podman.run("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip()
             assert exit_code == "0", f"{container} exited {exit_code}:\n{podman.logs(container)[-3000:]}"
     finally:
-        down = await asyncio.create_subprocess_exec(*base, "down", "--timeout", "30", env=podman.env, cwd=COMPOSE_DIR,
+        down = await asyncio.create_subprocess_exec(*base, "down", "--timeout", "30", env=env, cwd=COMPOSE_DIR,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         await asyncio.wait_for(down.communicate(), 180)
 
