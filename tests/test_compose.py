@@ -77,6 +77,13 @@ def test_compose_stack_has_every_part() -> None:
     assert "../grafana/provisioning:/etc/grafana/provisioning" in grafana_mounts
     assert "../grafana/dashboards:/var/lib/grafana/dashboards/akece-webhooks" in grafana_mounts
     assert services["grafana"]["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
+    # The provisioned data source takes its address from that variable; the dashboard names no data source
+    # but its DS_PROMETHEUS variable.
+    datasources = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+                                 .read_text())["datasources"]
+    assert [source["url"] for source in datasources] == ["${PROMETHEUS_URL}"]
+    dashboard = (ROOT / "deploy" / "grafana" / "dashboards" / "akece-webhooks.json").read_text()
+    assert "127.0.0.1" not in dashboard and ":9090" not in dashboard
     for mount in services["grafana"]["volumes"] + services["rules"]["volumes"]:
         source = mount.split(":")[0]
         assert not source.startswith(".") or (COMPOSE_DIR / source).exists(), mount
