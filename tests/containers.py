@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,3 +152,28 @@ def image(podman: Podman) -> Image:
     size = int(podman.run("image", "inspect", "--format", "{{.Size}}", name).stdout.strip())
     print(f"\nimage {name}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
     return Image(name, seconds, size)
+
+
+async def wait_ready(http: aiohttp.ClientSession, podman: Podman, name: str, port: int,
+                     timeout: float = 180) -> dict[str, object]:
+    """The /readyz answer of container ``name`` once it is 200; fails with its logs if the container
+    stops or stays unready for ``timeout`` seconds."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    last = "no answer"
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            body: dict[str, object] = await response.json()
+                            return body
+                        last = f"{response.status} {await response.text()}"
+                except aiohttp.ClientError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                state = podman.run("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
+                assert state in {"running", "created", "configured"}, f"{name} is {state}:\n{podman.logs(name)[-3000:]}"
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise AssertionError(f"{name} not ready after {timeout:.0f} s (/readyz: {last}):\n"
+                             f"{podman.logs(name)[-3000:]}") from None

@@ -26,7 +26,7 @@ import yaml
 
 from schemas.examples import example
 from services.shared.kafka_local import free_port
-from tests.containers import PREFIX, Image, Podman
+from tests.containers import PREFIX, Image, Podman, wait_ready
 from tests.receiver import Receiver
 from tests.test_alert_rules import ALERTS, JOBS, run_promtool
 
@@ -182,17 +182,3 @@ async def test_podman_compose_runs_the_services_against_the_broker(podman: Podma
         down = await asyncio.create_subprocess_exec(*base, "down", "--timeout", "30", env=env, cwd=COMPOSE_DIR,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         await asyncio.wait_for(down.communicate(), 180)
-
-
-async def wait_ready(http: aiohttp.ClientSession, podman: Podman, name: str, port: int) -> None:
-    async with asyncio.timeout(90):
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            state = podman.run("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
-            assert state in {"running", "created", "configured", ""}, f"{name} is {state}:\n{podman.logs(name)[-3000:]}"
-            await asyncio.sleep(0.5)

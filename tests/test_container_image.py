@@ -9,7 +9,6 @@ killed). Podman and the base image come from ``make tools`` (see tests/container
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from schemas.examples import example
 from services.shared.kafka_local import free_port
-from tests.containers import Image, Podman
+from tests.containers import Image, Podman, wait_ready
 from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,23 +90,6 @@ def environment(bootstrap: str, prefix: str, **extra: str) -> list[str]:
         **extra,
     }
     return [arg for key, value in values.items() for arg in ("--env", f"{key}={value}")]
-
-
-async def wait_ready(http: aiohttp.ClientSession, podman: Podman, name: str, port: int) -> dict[str, object]:
-    """/readyz of a container, once 200 (bounded)."""
-    url = f"http://127.0.0.1:{port}/readyz"
-    async with asyncio.timeout(90):
-        while True:
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        body: dict[str, object] = await response.json()
-                        return body
-            except aiohttp.ClientError:
-                pass
-            state = podman.run("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
-            assert state == "running", f"{name} is {state}:\n{podman.logs(name)[-3000:]}"
-            await asyncio.sleep(0.5)
 
 
 RSS_SCRIPT = """
