@@ -53,6 +53,10 @@ def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionT
 async def run_roles(settings: Settings, roles: Sequence[str], *, registry: CollectorRegistry | None = None,
                     stop: asyncio.Event | None = None, install_signals: bool = True) -> int:
     """Run ``roles`` until a signal (or ``stop``). Returns the process exit code."""
+    if "api" in roles:  # refuse bad tokens at once, before waiting for Kafka
+        from services.admin.auth import TokenAuthenticator
+
+        TokenAuthenticator.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
     table = SubscriptionTable(settings, on_change=table_metrics(metrics))
     producer = kafka.producer(settings)

@@ -289,10 +289,11 @@ async def test_authentication_and_account_isolation(api: Api) -> None:
 
 
 def test_token_parsing(tmp_path: Any) -> None:
-    assert parse_account_tokens("1:a, 2:b,1:c") == {"a": 1, "b": 2, "c": 1}
+    a, b, c = "token-a-0123456789", "token-b-0123456789", "token-c-0123456789"
+    assert parse_account_tokens(f"1:{a}, 2:{b},1:{c}") == {a: 1, b: 2, c: 1}
     path = tmp_path / "tokens"
-    path.write_text("# account tokens\n3:tok-three\n4:tok:with:colons  # comment\n\n")
-    assert parse_account_tokens(f"@{path}") == {"tok-three": 3, "tok:with:colons": 4}
+    path.write_text("# account tokens\n3:tok-three-0123456789\n4:tok:with:colons:0123\n\n")
+    assert parse_account_tokens(f"@{path}") == {"tok-three-0123456789": 3, "tok:with:colons:0123": 4}
     for bad in ("nocolon", "x:token", "5:", f"@{tmp_path / 'missing'}"):
         with pytest.raises(ConfigError):
             parse_account_tokens(bad)

@@ -249,7 +249,8 @@ async def test_end_to_end_failing_receiver_then_replay(settings: Settings, recei
 
 
 # --- the API ---------------------------------------------------------------------------------------
-TOKENS = {"api": {"admin_token": "admin-token", "account_tokens": "1:token-one,2:token-two",
+ADMIN_TOKEN, ONE_TOKEN, TWO_TOKEN = "admin-token-0123456789", "token-one-0123456789", "token-two-0123456789"
+TOKENS = {"api": {"admin_token": ADMIN_TOKEN, "account_tokens": f"1:{ONE_TOKEN},2:{TWO_TOKEN}",
                   "port": 0, "host": "127.0.0.1"}}
 
 
@@ -276,7 +277,7 @@ async def test_api_endpoints_enforce_auth_and_account_isolation(kafka_bootstrap:
         app = Application()
         routes = add_replay_routes(app, settings, store.table, store, producer=store.producer)
         async with TestClient(TestServer(app)) as client:
-            one, two = {"api_access_token": "token-one"}, {"Authorization": "Bearer token-two"}
+            one, two = {"api_access_token": ONE_TOKEN}, {"Authorization": f"Bearer {TWO_TOKEN}"}
             base = "/api/v1/accounts/1/webhooks/601"
 
             listed = await client.get(f"{base}/dead_letters?since=1h", headers=one)
@@ -286,7 +287,7 @@ async def test_api_endpoints_enforce_auth_and_account_isolation(kafka_bootstrap:
             for path, headers in ((base, two), (base, {}), ("/api/v1/accounts/2/webhooks/601", two),
                                   ("/api/v1/accounts/1/webhooks/602", one)):
                 assert (await client.get(f"{path}/dead_letters", headers=headers)).status == 404
-            admin = await client.get(f"{base}/dead_letters", headers={"api_access_token": "admin-token"})
+            admin = await client.get(f"{base}/dead_letters", headers={"api_access_token": ADMIN_TOKEN})
             assert admin.status == 200
 
             attempts = (await (await client.get(f"{base}/deliveries", headers=one)).json())["payload"]["deliveries"]
@@ -334,8 +335,8 @@ async def test_api_mounted_in_the_admin_app(kafka_bootstrap: str) -> None:
         async with TestClient(TestServer(app)) as client:
             base = "/api/v1/accounts/1/webhooks/701/dead_letters"
             assert (await client.get(base)).status == 401  # the admin app's middleware answers first
-            assert (await client.get(base, headers={"api_access_token": "token-two"})).status == 404
-            listed = await client.get(base, headers={"api_access_token": "token-one"})
+            assert (await client.get(base, headers={"api_access_token": TWO_TOKEN})).status == 404
+            listed = await client.get(base, headers={"api_access_token": ONE_TOKEN})
             assert listed.status == 200 and (await listed.json())["payload"]["matched"] == 0
 
 

@@ -44,6 +44,8 @@ from services.shared.topics import Topics
 from tests.delivery_support import make_webhook, stack
 from tests.receiver import Receiver
 
+ADMIN_TOKEN = "admin-token-0123456789"
+
 pytest_plugins = ["tests.receiver"]
 
 
@@ -208,7 +210,7 @@ async def test_two_identical_api_replays_at_once_start_one_run(kafka_bootstrap: 
     from services.replay.api import add_replay_routes
     from tests.conftest import make_settings
 
-    settings = make_settings(kafka_bootstrap, api={"admin_token": "admin-token", "port": 0, "host": "127.0.0.1"})
+    settings = make_settings(kafka_bootstrap, api={"admin_token": ADMIN_TOKEN, "port": 0, "host": "127.0.0.1"})
     topics = Topics.from_settings(settings)
     await kafka.ensure_topics(settings)
     hook = webhook(1, webhook_id=801)
@@ -219,7 +221,7 @@ async def test_two_identical_api_replays_at_once_start_one_run(kafka_bootstrap: 
         app = Application()
         routes = add_replay_routes(app, settings, store.table, store, producer=store.producer)
         async with TestClient(TestServer(app)) as client:
-            url, auth = "/api/v1/accounts/1/webhooks/801/replay", {"api_access_token": "admin-token"}
+            url, auth = "/api/v1/accounts/1/webhooks/801/replay", {"api_access_token": ADMIN_TOKEN}
             answers = await asyncio.gather(*(client.post(url, json={"since": "1h", "rate": 50}, headers=auth)
                                              for _ in range(2)))
             bodies = [await a.json() for a in answers]

@@ -14,13 +14,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # Where docs/runbook.md is published. deploy/prometheus/alerts.yml links its sections under this base;
 # `akece-webhooks alerts render` and the Helm chart's `runbookBaseUrl` put yours in its place.
 DEFAULT_RUNBOOK_BASE_URL = "https://github.com/akece/akece-webhooks/blob/main/docs/runbook.md"
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Compression = Literal["none", "gzip", "lz4", "zstd"]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+LogFormat = Literal["auto", "json", "console"]
+RouterValidation = Literal["full", "structural"]
 
 
 def _split_csv(value: Any) -> Any:
@@ -44,7 +54,7 @@ class KafkaSettings(BaseModel):
     send_timeout_s: float = Field(
         30.0, gt=0, description="Upper bound on waiting for a produce acknowledgement (the broker may be down)."
     )
-    compression: str = Field("lz4", description="Producer compression: none, gzip, lz4 or zstd.")
+    compression: Compression = Field("lz4", description="Producer compression: none, gzip, lz4 or zstd.")
     linger_ms: int = Field(5, ge=0, description="Producer linger: how long a batch may wait to fill.")
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
     rebalance_timeout_ms: int = Field(
@@ -102,12 +112,14 @@ class ApiSettings(BaseModel):
     host: str = Field("0.0.0.0", description="Address the management API listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the management API.")
     admin_token: SecretStr | None = Field(
-        None, description="Token that may act on every account (header api_access_token or Bearer)."
+        None, description="Token that may act on every account (header api_access_token or Bearer); "
+        "at least 16 characters."
     )
     account_tokens: SecretStr | None = Field(
         None,
         description="Per-account tokens: `account_id:token` pairs, comma-separated, or `@/path/file` "
-        "with one pair per line.",
+        "with one pair per line (a line starting with `#` is a comment). Tokens: at least 16 characters, "
+        "each unique, none equal to the admin token; anything else is refused at start.",
     )
     secret_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long a rotated-out signing secret keeps signing."
@@ -188,7 +200,7 @@ class CircuitSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
-    validation: str = Field(
+    validation: RouterValidation = Field(
         "structural", description="Event validation on routing: `full` (pydantic models) or `structural`."
     )
     max_event_bytes: int = Field(
@@ -216,8 +228,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CIDRs exempt from the private-network guard (comma-separated), e.g. 127.0.0.0/8 in development.",
     )
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-    log_format: str = Field("auto", description="`json`, `console`, or `auto` (JSON when stdout is not a terminal).")
+    log_level: LogLevel = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: LogFormat = Field(
+        "auto", description="`json`, `console`, or `auto` (JSON when stdout is not a terminal)."
+    )
     runbook_base_url: str = Field(
         DEFAULT_RUNBOOK_BASE_URL,
         description="Absolute URL of the runbook (docs/runbook.md as your team publishes it); the alert rules' "
