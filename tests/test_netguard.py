@@ -65,6 +65,29 @@ def test_allowlist_exempts_only_its_ranges() -> None:
     assert guard.blocked_reason("169.254.169.254") == "cloud_metadata"
 
 
+@pytest.mark.parametrize(("allowed", "metadata"), [
+    ("100.64.0.0/10", "100.100.100.200"), ("169.254.0.0/16", "169.254.169.254"),
+    ("169.254.0.0/16", "169.254.170.2"), ("168.63.0.0/16", "168.63.129.16"), ("0.0.0.0/0", "169.254.169.254"),
+    ("fd00::/8", "fd00:ec2::254"), ("fd00::/8", "fd00:ec2::23"), ("fc00::/7", "fd00:ec2::254"),
+    ("fc00::/7", "fd20:ce::254"), ("169.254.0.0/16", "::ffff:169.254.169.254"),
+])
+def test_an_allowed_range_never_opens_a_metadata_endpoint(allowed: str, metadata: str) -> None:
+    guard = NetworkGuard([allowed])
+    assert guard.blocked_reason(metadata) == "cloud_metadata"
+    assert is_blocked(ipaddress.ip_address(metadata), guard.allowed)
+    bare = metadata.removeprefix("::ffff:")
+    single = f"{bare}/{32 if ipaddress.ip_address(bare).version == 4 else 128}"
+    assert NetworkGuard([allowed, single]).blocked_reason(metadata) is None  # listed as a single address
+
+
+async def test_a_name_resolving_to_a_metadata_endpoint_stays_blocked_under_an_allowed_range() -> None:
+    guard = fake_dns({"meta.test": ["100.100.100.200"], "peer.test": ["100.64.1.2"]})
+    guard.allowed = NetworkGuard(["100.64.0.0/10"]).allowed
+    assert await guard.resolve("peer.test") == ["100.64.1.2"]  # the range itself is open
+    with pytest.raises(BlockedDestinationError, match="cloud_metadata"):
+        await guard.resolve("meta.test")
+
+
 def test_is_blocked_takes_networks() -> None:
     allowed = [ipaddress.ip_network("192.168.0.0/16")]
     assert not is_blocked(ipaddress.ip_address("192.168.3.4"), allowed)

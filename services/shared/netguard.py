@@ -15,6 +15,9 @@ delivery workers check again at connect time, because DNS answers change.
 
 Embedded IPv4 forms are judged by the IPv4 address they reach: IPv4-mapped (``::ffff:10.0.0.1``),
 NAT64 (``64:ff9b::/96``) and 6to4 (``2002::/16``). Teredo and other tunnels are refused outright.
+Cloud metadata endpoints stay blocked when an allowed range covers them (``100.64.0.0/10`` does not
+open Alibaba's ``100.100.100.200``, ``fd00::/8`` does not open AWS's ``fd00:ec2::254``); only the
+address itself, allowed as a single address (``/32``, ``/128``), opens one.
 Reasons (bounded, usable as metric labels): unspecified, loopback, private, shared_address_space,
 link_local, cloud_metadata, multicast, reserved, unique_local, site_local, invalid.
 """
@@ -42,8 +45,11 @@ def _nets(reason: str, *cidrs: str) -> list[tuple[IPNetwork, str]]:
 
 # Checked in order: the first matching range names the reason.
 _V4_RULES = [
-    *_nets("cloud_metadata", "169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32",
-           "168.63.129.16/32", "100.100.100.200/32", "192.0.0.192/32"),
+    # AWS (IMDS, ECS task metadata, DNS, time), GCP, Azure (IMDS is 169.254.169.254, wireserver),
+    # Alibaba, Oracle.
+    *_nets("cloud_metadata", "169.254.169.254/32", "169.254.169.253/32", "169.254.169.123/32",
+           "169.254.170.2/32", "169.254.170.23/32", "168.63.129.16/32", "100.100.100.200/32",
+           "192.0.0.192/32"),
     *_nets("unspecified", "0.0.0.0/8"),  # 0.0.0.0 reaches the local host on Linux
     *_nets("loopback", "127.0.0.0/8"),
     *_nets("private", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"),
@@ -54,7 +60,8 @@ _V4_RULES = [
            "203.0.113.0/24", "198.18.0.0/15", "192.88.99.0/24"),
 ]
 _V6_RULES = [
-    *_nets("cloud_metadata", "fd00:ec2::254/128"),
+    # AWS's instance services (IMDS fd00:ec2::254, DNS ::253, time ::123, ECS ::23), GCP's metadata server.
+    *_nets("cloud_metadata", "fd00:ec2::/32", "fd20:ce::254/128"),
     *_nets("unspecified", "::/128"),
     *_nets("loopback", "::1/128"),
     *_nets("private", "64:ff9b:1::/48"),
@@ -115,6 +122,8 @@ def _reason(ip: IPAddress, allowed: list[IPNetwork]) -> str | None:
     candidates: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_v4(ip)) is not None:
         candidates.append(embedded)
+    if reason == "cloud_metadata":  # a range never opens a metadata endpoint: only its own address does
+        allowed = [net for net in allowed if net.num_addresses == 1]
     if any(c.version == net.version and c in net for c in candidates for net in allowed):
         return None
     return reason
