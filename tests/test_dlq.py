@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from services.delivery.records import iso
 from services.replay.dlq import DeadLetter, DlqFilter, find_dead_letters, list_dead_letters
 from services.replay.fixtures import (
     DeadSpec,
@@ -25,6 +26,7 @@ from services.replay.fixtures import (
 )
 from services.replay.window import Window, parse_time
 from services.shared import kafka
+from services.shared.attempts import AttemptRecord, key
 from services.shared.errors import ValidationError
 from services.shared.settings import Settings
 from services.shared.topics import Topics
@@ -173,11 +175,11 @@ async def _attempt_log(store: Store, topics: Topics, spec: DeadSpec, now: float)
     """Attempts 1-3 of the spec's delivery on the attempt log, and one of another delivery of the webhook."""
     for attempt, delivery in ((1, spec.delivery_id), (1, "another-delivery"), (2, spec.delivery_id),
                               (3, spec.delivery_id)):
-        record = {"delivery_id": delivery, "event_id": spec.event, "webhook_id": spec.webhook_id,
-                  "account_id": str(spec.account_id), "event_type": spec.event_type, "attempt": attempt,
-                  "status": 503, "error_class": "http_status", "error": "HTTP 503", "duration_ms": 12.5,
-                  "outcome": "retry", "next_delay_ms": 1000, "time": now - 300 + attempt}
-        await kafka.send(store.producer, topics.attempts, orjson.dumps(record), key=str(spec.webhook_id).encode(),
+        record = AttemptRecord(delivery_id=delivery, event_id=spec.event, webhook_id=spec.webhook_id,
+                               account_id=str(spec.account_id), event_type=spec.event_type, attempt=attempt,
+                               status=503, error_class="http_status", error_message="HTTP 503", duration_ms=12.5,
+                               outcome="retry", next_delay_ms=1000, time=iso(now - 300 + attempt))
+        await kafka.send(store.producer, topics.attempts, record.encode(), key=key(spec.webhook_id),
                          headers=[], timeout=10)
 
 

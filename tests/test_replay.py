@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from services.delivery.records import iso
 from services.replay.attempts import delivery_attempts
 from services.replay.dlq import DeadLetter, DlqFilter, list_dead_letters
 from services.replay.engine import Options, Summary
@@ -34,6 +35,7 @@ from services.replay.replay import replay, replay_headers
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import headers as h
 from services.shared import kafka
+from services.shared.attempts import AttemptRecord
 from services.shared.settings import Settings
 from services.shared.topics import Topics
 from tests.delivery_support import delivery, make_webhook, produce, stack
@@ -225,7 +227,7 @@ async def test_end_to_end_failing_receiver_then_replay(settings: Settings, recei
         async with kafka.started(reader(settings)) as consumer:  # the worker's attempt log, found by webhook key
             story, _ = await delivery_attempts(consumer, s.topics.attempts, hook.id, failing[0].delivery_id,
                                                since_ms=int((time.time() - 600) * 1000))
-        assert [(a["attempt"], a["status"]) for a in story] == [(1, 500), (2, 500), (3, 500)]
+        assert [(a.attempt, a.status) for a in story] == [(1, 500), (2, 500), (3, 500)]
 
         store = Store(settings, s.table, s.store._producer)
         dry = await run(store, DlqFilter.of(webhook=hook.id), dry_run=True)
@@ -271,9 +273,9 @@ async def test_api_endpoints_enforce_auth_and_account_isolation(kafka_bootstrap:
         await produce_dead_letters(store.producer, topics.dlq, [DeadSpec(601, 1, now - 60 + i, conversation=i)
                                                                   for i in range(3)] + [DeadSpec(602, 2, now - 30)])
         for attempt in (1, 2, 3):
-            record = {"delivery_id": f"d{attempt}", "webhook_id": 601, "attempt": attempt, "status": 500,
-                      "time": now - 100 + attempt}
-            await kafka.send(store.producer, topics.attempts, orjson.dumps(record), key=b"601", headers=[], timeout=10)
+            record = AttemptRecord(delivery_id=f"d{attempt}", webhook_id=601, attempt=attempt, status=500,
+                                   outcome="retry", time=iso(now - 100 + attempt))
+            await kafka.send(store.producer, topics.attempts, record.encode(), key=b"601", headers=[], timeout=10)
         app = Application()
         routes = add_replay_routes(app, settings, store.table, store, producer=store.producer)
         async with TestClient(TestServer(app)) as client:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import orjson
-
 from services.delivery.policy import AttemptResult, Retry
 from services.shared import headers as h
+from services.shared.attempts import AttemptRecord
 from services.shared.deliveries import DeliveryMeta
 
 DLQ_RESPONSE_BYTES = 2048  # of the last response, in a DLQ header
@@ -69,22 +68,22 @@ def dlq_headers(headers: Sequence[tuple[str, bytes | None]], meta: DeliveryMeta,
 
 def attempt_record(meta: DeliveryMeta, result: AttemptResult, *, outcome: str, next_delay_s: float | None,
                    dlq_reason: str | None, started_at: float, response_limit: int) -> bytes:
-    """One line of the attempt log (``Topics.attempts``, keyed by webhook id)."""
-    return orjson.dumps({
-        "delivery_id": meta.delivery_id,
-        "event_id": meta.event_id,
-        "webhook_id": meta.webhook_id,
-        "account_id": meta.account_id,
-        "event_type": meta.event_type,
-        "attempt": meta.attempt,
-        "status": result.status,
-        "error_class": error_class(result),
-        "error_message": error_message(result),
-        "duration_ms": round(result.duration_s * 1000, 3),
-        "outcome": outcome,
-        "next_delay_ms": round(next_delay_s * 1000) if next_delay_s is not None else None,
-        "dlq_reason": dlq_reason,
-        "time": iso(started_at),
-        "response_excerpt": excerpt(result.body, response_limit) if result.body else None,
-        "replay_id": meta.replay_id,
-    })
+    """One line of the attempt log (``Topics.attempts``, keyed by webhook id): an ``AttemptRecord``."""
+    return AttemptRecord(
+        delivery_id=meta.delivery_id,
+        event_id=meta.event_id,
+        webhook_id=meta.webhook_id,
+        account_id=meta.account_id,
+        event_type=meta.event_type,
+        attempt=meta.attempt,
+        status=result.status,
+        error_class=error_class(result),
+        error_message=error_message(result),
+        duration_ms=round(result.duration_s * 1000, 3),
+        outcome=outcome,
+        next_delay_ms=round(next_delay_s * 1000) if next_delay_s is not None else None,
+        dlq_reason=dlq_reason,
+        time=iso(started_at),
+        response_excerpt=excerpt(result.body, response_limit) if result.body else None,
+        replay_id=meta.replay_id,
+    ).encode()

@@ -156,7 +156,7 @@ class ReplayRoutes:
         async with kafka.started(reader(self.settings)) as consumer:
             found = await recent_attempts(consumer, self.topics.attempts, webhook.id, since_ms=window.since_ms,
                                           limit=_limit(request))
-        return _json({"payload": {"deliveries": found}})
+        return _json({"payload": {"deliveries": [attempt.to_json() for attempt in found]}})
 
     async def dead_letters(self, request: web.Request, webhook: Webhook) -> web.Response:
         query = request.query

@@ -2,20 +2,17 @@
 
 Records are keyed by webhook id, so one webhook's attempts live in one partition (the producer's
 default murmur2 partitioner): a lookup reads that partition only, by time window, group-less.
-Fields (written by the delivery worker): delivery_id, event_id, webhook_id, account_id, event_type,
-attempt, status, error_class, error, duration_ms, outcome, next_delay_ms, time, response excerpt.
+Each record is an ``AttemptRecord`` (``services.shared.attempts``: the one module the writer and
+every reader take their field names from).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.replay.dlq import epoch
 from services.replay.window import read_ranges, topic_ends
+from services.shared.attempts import AttemptRecord, decode
 
 CHUNK = 2000
 DEFAULT_MAX_SCAN = 500_000
@@ -24,28 +21,6 @@ DEFAULT_MAX_SCAN = 500_000
 def partition_of(webhook_id: int, partitions: int) -> int:
     """The partition a record keyed by this webhook id lands in (Kafka's default partitioner)."""
     return int(DefaultPartitioner()(str(webhook_id).encode(), list(range(partitions)), list(range(partitions))))
-
-
-def parse(value: bytes | None) -> dict[str, Any] | None:
-    if not value:
-        return None
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def attempt_time(attempt: dict[str, Any]) -> float | None:
-    value = attempt.get("time")
-    return epoch(str(value)) if value is not None else None
-
-
-def _webhook_of(attempt: dict[str, Any]) -> int | None:
-    try:
-        return int(attempt.get("webhook_id"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 
 
 async def _partition_bounds(consumer: AIOKafkaConsumer, topic: str, webhook_id: int, since_ms: int | None,
@@ -65,35 +40,35 @@ async def _partition_bounds(consumer: AIOKafkaConsumer, topic: str, webhook_id: 
 
 async def delivery_attempts(consumer: AIOKafkaConsumer, topic: str, webhook_id: int, delivery_id: str, *,
                             since_ms: int | None, until_ms: int | None = None,
-                            max_scan: int = DEFAULT_MAX_SCAN) -> tuple[list[dict[str, Any]], bool]:
+                            max_scan: int = DEFAULT_MAX_SCAN) -> tuple[list[AttemptRecord], bool]:
     """Attempts of one delivery in a window, oldest first, and whether ``max_scan`` cut the read short."""
     partition, start, end = await _partition_bounds(consumer, topic, webhook_id, since_ms, until_ms)
     truncated = end - start > max_scan
-    found: list[dict[str, Any]] = []
+    found: list[AttemptRecord] = []
     async for records in read_ranges(consumer, topic, {partition: (max(start, end - max_scan), end)}):
         for record in records:
-            attempt = parse(record.value)
-            if attempt is not None and attempt.get("delivery_id") == delivery_id:
+            attempt = decode(record.value)
+            if attempt is not None and attempt.delivery_id == delivery_id:
                 found.append(attempt)
-    return sorted(found, key=lambda a: (attempt_time(a) or 0, a.get("attempt") or 0)), truncated
+    return sorted(found, key=lambda a: (a.at or 0, a.attempt)), truncated
 
 
 async def recent_attempts(consumer: AIOKafkaConsumer, topic: str, webhook_id: int, *, since_ms: int | None,
-                          limit: int = 100, max_scan: int = DEFAULT_MAX_SCAN) -> list[dict[str, Any]]:
+                          limit: int = 100, max_scan: int = DEFAULT_MAX_SCAN) -> list[AttemptRecord]:
     """The newest ``limit`` attempts of one webhook since ``since_ms``, newest first.
 
     Reads its partition backwards in chunks, so the cost follows ``limit``, not the window.
     """
     partition, low, end = await _partition_bounds(consumer, topic, webhook_id, since_ms, None)
-    found: list[dict[str, Any]] = []
+    found: list[AttemptRecord] = []
     scanned = 0
     while end > low and len(found) < limit and scanned < max_scan:
         start = max(low, end - CHUNK)
-        chunk: list[dict[str, Any]] = []
+        chunk: list[AttemptRecord] = []
         async for records in read_ranges(consumer, topic, {partition: (start, end)}):
             for record in records:
-                attempt = parse(record.value)
-                if attempt is not None and _webhook_of(attempt) == webhook_id:
+                attempt = decode(record.value)
+                if attempt is not None and attempt.webhook_id == webhook_id:
                     chunk.append(attempt)
         found.extend(reversed(chunk))
         scanned += end - start

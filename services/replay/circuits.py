@@ -21,8 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.delivery.ping import OUTCOME as TEST_OUTCOME
-from services.replay.attempts import attempt_time, parse
 from services.replay.window import Window, iso, offset_ranges, read_ranges
+from services.shared.attempts import AttemptRecord, decode
 from services.shared.errors import KafkaUnavailableError
 
 DEFAULT_WINDOW_S = 900.0
@@ -68,25 +68,23 @@ class _Streak:
         self.last_error: str | None = None
         self.skipped = False
 
-    def add(self, attempt: dict[str, Any]) -> None:
-        at = attempt_time(attempt)
-        error_class = attempt.get("error_class")
-        self.account_id = str(attempt.get("account_id") or "")
-        self.last_at = at
-        if attempt.get("outcome") == "success":
+    def add(self, attempt: AttemptRecord) -> None:
+        self.account_id = attempt.account_id or ""
+        self.last_at = attempt.at
+        if attempt.ok:
             self.failures = self.sent_failures = 0
             self.since, self.last_error, self.skipped = None, None, False
             return
-        if error_class in NOT_SENT:  # the endpoint was not called: says nothing about its circuit
+        if attempt.error_class in NOT_SENT:  # the endpoint was not called: says nothing about its circuit
             return
         if self.failures == 0:
-            self.since = at
+            self.since = attempt.at
         self.failures += 1
-        self.skipped = error_class == SKIPPED_BY_CIRCUIT
+        self.skipped = attempt.error_class == SKIPPED_BY_CIRCUIT
         if not self.skipped:
             self.sent_failures += 1
-            status = attempt.get("status")
-            self.last_error = f"HTTP {status}" if status else str(attempt.get("error") or error_class or "failed")
+            self.last_error = (f"HTTP {attempt.status}" if attempt.status
+                               else attempt.error_message or attempt.error_class or "failed")
 
 
 async def open_circuits(consumer: AIOKafkaConsumer, topic: str, *, now: float, threshold: int,
@@ -107,14 +105,9 @@ async def open_circuits(consumer: AIOKafkaConsumer, topic: str, *, now: float, t
     async for batch in read_ranges(consumer, topic, ranges):
         for record in batch:  # one webhook's attempts share a partition (keyed by webhook id): in order
             records += 1
-            attempt = parse(record.value)
-            if attempt is None or attempt.get("outcome") == TEST_OUTCOME:  # a test ping: no worker's circuit saw it
-                continue
-            try:
-                webhook_id = int(attempt.get("webhook_id"))  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                continue
-            streaks.setdefault(webhook_id, _Streak()).add(attempt)
+            attempt = decode(record.value)
+            if attempt is not None and attempt.outcome != TEST_OUTCOME:  # a test ping: no worker's circuit saw it
+                streaks.setdefault(attempt.webhook_id, _Streak()).add(attempt)
     circuits = [Circuit(webhook_id, s.account_id, s.failures, s.since, s.last_at, s.last_error, s.skipped)
                 for webhook_id, s in streaks.items()
                 if s.failures and (s.skipped or s.sent_failures >= threshold)]

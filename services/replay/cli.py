@@ -31,6 +31,7 @@ from services.replay.replay import replay
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.attempts import AttemptRecord
 from services.shared.cli import quiet_client_logs
 from services.shared.errors import ValidationError
 from services.shared.runtime import run_async
@@ -171,7 +172,7 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no dead letter with delivery id {args.delivery_id} since {args.since}", file=sys.stderr)
         return EXIT_ABORTED
     dead = found[-1]
-    attempts: list[dict[str, Any]] = []
+    attempts: list[AttemptRecord] = []
     truncated = False
     if dead.webhook_id is not None:
         since = (dead.first_attempt_at or dead.dead_lettered_at) - 60
@@ -187,7 +188,8 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _dump({**dead.to_json(), "headers": dict(render.header_pairs(dead.headers)),
                "body": render.body_text(dead.value), "last_response": dead.last_response,
-               "attempt_history": attempts, "attempts_truncated": truncated, "dead_letters": len(found),
+               "attempt_history": [a.to_json() for a in attempts], "attempts_truncated": truncated,
+               "dead_letters": len(found),
                "webhook": webhook.model_dump(mode="json", exclude={"secrets"}) if webhook else None,
                "replayed_by": replays})
         return 0

@@ -11,6 +11,7 @@ from services.replay.dlq import DeadLetter
 from services.replay.engine import Plan, Summary
 from services.replay.progress import duration
 from services.replay.window import iso
+from services.shared.attempts import AttemptRecord
 from services.shared.subscriptions import Webhook
 
 MAX_CELL = 60
@@ -128,9 +129,9 @@ def body_text(value: bytes | None) -> str:
         return value.decode("utf-8", "replace")
 
 
-def attempts_table(attempts: Sequence[dict[str, Any]]) -> str:
-    rows = [[a.get("attempt"), a.get("time"), a.get("outcome"), a.get("status") or a.get("error_class"),
-             a.get("duration_ms"), a.get("error_message") or a.get("error"), a.get("next_delay_ms")] for a in attempts]
+def attempts_table(attempts: Sequence[AttemptRecord]) -> str:
+    rows = [[a.attempt, a.time, a.outcome, a.status or a.error_class, a.duration_ms, a.error_message,
+             a.next_delay_ms] for a in attempts]
     return table(("attempt", "time", "outcome", "status", "ms", "error", "next delay ms"), rows)
 
 
@@ -138,7 +139,7 @@ def header_pairs(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
     return [(k, v.decode("utf-8", "replace")) for k, v in headers]
 
 
-def show_text(dead: DeadLetter, count: int, attempts: Sequence[dict[str, Any]], truncated: bool,
+def show_text(dead: DeadLetter, count: int, attempts: Sequence[AttemptRecord], truncated: bool,
               webhook: Webhook | None, replays: Sequence[str]) -> str:
     key = dead.key.decode("utf-8", "replace") if dead.key else "-"
     lines = [
