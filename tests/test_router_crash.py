@@ -11,8 +11,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,7 @@ import pytest
 
 from schemas.examples import example
 from services.publisher.events import prepare
+from services.shared import headers as h
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.topics import Topics
@@ -146,6 +148,36 @@ async def _partitions_behind(settings: Settings, topic: str) -> list[int]:
         return sorted([tp.partition for tp, end in ends.items() if (await consumer.committed(tp) or 0) < end])
 
 
+@dataclass
+class AtKill:
+    """The router group's committed offsets (events) and the deliveries topic's end offsets, at a kill."""
+
+    committed: dict[int, int]
+    deliveries_ends: dict[int, int]
+
+    @classmethod
+    async def take(cls, settings: Settings, topics: Topics) -> AtKill:
+        consumer = kafka.consumer(settings, group_id=f"{settings.topic_prefix}.router")
+        async with kafka.started(consumer):
+            events = await kafka.end_offsets(consumer, topics.events)
+            committed = {tp.partition: await consumer.committed(tp) or 0 for tp in events}
+            ends = await kafka.end_offsets(consumer, topics.deliveries)
+        return cls(committed, {tp.partition: end for tp, end in ends.items()})
+
+    async def in_flight(self, settings: Settings, topics: Topics, partitions: Iterable[int]) -> int:
+        """Deliveries written before the kill for events of ``partitions`` above the committed offset:
+        the only ones a restart routes again, so the most duplicates it can make."""
+        owned = set(partitions)
+        where = {r.headers[h.CE_ID]: (r.partition, r.offset) for r in await read_topic(settings, topics.events)}
+        count = 0
+        for record in await read_topic(settings, topics.deliveries):
+            if record.offset >= self.deliveries_ends[record.partition]:
+                continue
+            partition, offset = where[record.headers[h.EVENT_ID]]
+            count += partition in owned and offset >= self.committed[partition]
+        return count
+
+
 async def test_sigkill_mid_stream_then_restart(kafka_bootstrap: str,
                                                record_property: Callable[[str, object], None]) -> None:
     settings = crash_settings(kafka_bootstrap)
@@ -155,6 +187,7 @@ async def test_sigkill_mid_stream_then_restart(kafka_bootstrap: str,
         await wait_for_records(settings, topics.deliveries, 2000)
         first.signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
+    snapshot = await AtKill.take(settings, topics)
     at_kill = await _delivered(settings, topics.deliveries)
     assert at_kill < len(expected), "the router finished before it was killed: nothing was tested"
 
@@ -163,8 +196,11 @@ async def test_sigkill_mid_stream_then_restart(kafka_bootstrap: str,
 
     duplicates = assert_complete(await read_topic(settings, topics.deliveries), expected)
     assert await _partitions_behind(settings, topics.events) == []
+    in_flight = await snapshot.in_flight(settings, topics, snapshot.committed)
     record_property("duplicates", duplicates)
-    print(f"\nSIGKILL + restart: {len(expected)} pairs, {at_kill} records at kill, {duplicates} duplicates")
+    print(f"\nSIGKILL + restart: {len(expected)} pairs, {at_kill} records at kill, {duplicates} duplicates "
+          f"(bound: {in_flight} in flight)")
+    assert duplicates <= in_flight
 
 
 async def test_two_routers_one_killed(kafka_bootstrap: str,
@@ -185,6 +221,7 @@ async def test_two_routers_one_killed(kafka_bootstrap: str,
         await wait_for_records(settings, topics.deliveries, 2000)
         doomed.signal(signal.SIGKILL)
         assert await doomed.wait() == -signal.SIGKILL
+        snapshot = await AtKill.take(settings, topics)  # within the session timeout: still the doomed one's
         at_kill = await _delivered(settings, topics.deliveries)
         unfinished = set(await _partitions_behind(settings, topics.events)) & set(doomed.partitions)
         assert unfinished, "the killed router had finished its partitions: nothing was tested"
@@ -198,6 +235,8 @@ async def test_two_routers_one_killed(kafka_bootstrap: str,
 
     duplicates = assert_complete(await read_topic(settings, topics.deliveries), expected)
     assert await _partitions_behind(settings, topics.events) == []
+    in_flight = await snapshot.in_flight(settings, topics, doomed.partitions)
     record_property("duplicates", duplicates)
     print(f"\ntwo routers, one SIGKILLed: {len(expected)} pairs, {at_kill} records at kill, "
-          f"{duplicates} duplicates")
+          f"{duplicates} duplicates (bound: {in_flight} in flight)")
+    assert duplicates <= in_flight

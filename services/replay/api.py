@@ -165,6 +165,7 @@ class ReplayRoutes:
                                reason=query.get("reason"))
         listing = await list_dead_letters(self.settings, filters, window, limit=_limit(request))
         return _json({"payload": {"dead_letters": [d.to_json() for d in listing.items], "matched": listing.matched,
+                                  "superseded": listing.superseded,
                                   "window": window.describe()}})
 
     async def run_state(self, request: web.Request, webhook: Webhook) -> web.Response:

@@ -162,7 +162,9 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     print(render.dead_letter_table(listing.items))
     shown = len(listing.items)
     more = f", newest {shown} shown (--limit)" if shown < listing.matched else ""
-    print(f"{listing.matched} matching dead letters{more}; {listing.stats.records} records read")
+    twice = (f" ({listing.superseded} earlier dead letters of the same deliveries not shown)"
+             if listing.superseded else "")
+    print(f"{listing.matched} matching dead letters{more}{twice}; {listing.stats.records} records read")
     return 0
 
 
