@@ -138,7 +138,7 @@ def create_app(settings: Settings, table: SubscriptionTable, store: Subscription
     app = web.Application(middlewares=[observe, errors, authenticate],
                           client_max_size=settings.api.max_body_bytes)
     app[SERVICE] = WebhookService(table, store, guard, secret_overlap_s=settings.api.secret_overlap_s,
-                                  clock=clock)
+                                  clock=clock, max_webhooks=settings.api.max_webhooks_per_account)
     app[TABLE] = table
     app[AUTH] = auth
     app[METRICS] = metrics

@@ -98,7 +98,8 @@ async def opened(settings: Settings) -> AsyncIterator[WebhookService]:
                 raise TimeoutError(f"the subscription table did not catch up within {READY_TIMEOUT_S:g}s")
             yield WebhookService(table, SubscriptionStore(settings, table, producer),
                                  NetworkGuard(settings.allowed_private_cidrs),
-                                 secret_overlap_s=settings.api.secret_overlap_s)
+                                 secret_overlap_s=settings.api.secret_overlap_s,
+                                 max_webhooks=settings.api.max_webhooks_per_account)
         finally:
             stop.set()
             await following

@@ -72,9 +72,13 @@ def _schemas() -> dict[str, Any]:
         ], "description": "Wrapped in {\"webhook\": ...} or bare"},
         "WebhookEnvelope": {"type": "object", "required": ["payload"], "properties": {"payload": {
             "type": "object", "required": ["webhook"], "properties": {"webhook": _ref("Webhook")}}}},
-        "WebhookList": {"type": "object", "required": ["payload"], "properties": {"payload": {
-            "type": "object", "required": ["webhooks"],
-            "properties": {"webhooks": {"type": "array", "items": _ref("Webhook")}}}}},
+        "WebhookList": {"type": "object", "required": ["payload"], "properties": {
+            "payload": {"type": "object", "required": ["webhooks"],
+                        "properties": {"webhooks": {"type": "array", "items": _ref("Webhook")}}},
+            "meta": {"type": "object", "description": "Only with page or per_page",
+                     "required": ["page", "per_page", "total"], "properties": {
+                         "page": {"type": "integer"}, "per_page": {"type": "integer"},
+                         "total": {"type": "integer", "description": "The account's webhooks"}}}}},
         "ValidationError": {"type": "object", "required": ["message", "attributes"], "properties": {
             "message": {"type": "string", "examples": [validation.URL_INVALID]},
             "attributes": {"type": "array", "items": {"type": "string"}}}},
@@ -89,10 +93,13 @@ _ERRORS = {
     "503": _json(_ref("Error"), "The subscription table is loading or Kafka is unavailable"),
 }
 _RESPONSES: dict[str, dict[str, Any]] = {
-    "listWebhooks": {"200": _json(_ref("WebhookList"), "The account's webhooks (secrets masked)")},
+    "listWebhooks": {"200": _json(_ref("WebhookList"), "The account's webhooks (secrets masked): all of them "
+                                  "up to AKECE_API_MAX_WEBHOOKS_PER_ACCOUNT, or one page"),
+                     "400": _json(_ref("Error"), "page or per_page is not a whole number in range")},
     "createWebhook": {"200": _json(_ref("WebhookEnvelope"), "The new webhook, its secret in full"),
                       "400": _json(_ref("Error"), "The body is not a JSON object"),
-                      "422": _json(_ref("ValidationError"), "Invalid fields (Chatwoot's shape)")},
+                      "422": _json(_ref("ValidationError"), "Invalid fields (Chatwoot's shape), or the account "
+                                   "already has AKECE_API_MAX_WEBHOOKS_PER_ACCOUNT webhooks (attribute base)")},
     "getWebhook": {"200": _json(_ref("WebhookEnvelope"), "The webhook (secret masked)")},
     "updateWebhook": {"200": _json(_ref("WebhookEnvelope"), "The updated webhook (secret masked)"),
                       "400": _json(_ref("Error"), "The body is not a JSON object"),
@@ -109,19 +116,42 @@ def _parameters(path: str) -> list[dict[str, Any]]:
              "schema": {"type": "string" if n == "replay_id" else "integer"}} for n in names]
 
 
+_PAGINATION = [
+    {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+     "description": "1-based page (webhooks in id order); with it or per_page the answer has meta"},
+    {"name": "per_page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+     "description": "Webhooks per page (default 25, at most AKECE_API_MAX_WEBHOOKS_PER_ACCOUNT)"},
+]
+_WINDOW = {"type": "string", "description": "ISO-8601 or relative (2h, 30m, 7d); the window may span at most "
+                                            "AKECE_API_MAX_WINDOW_S (default 7d)"}
+_SCAN_ERRORS = {
+    "400": _json(_ref("Error"), "A bad parameter or body field (named in message), or a window longer than "
+                                "AKECE_API_MAX_WINDOW_S"),
+    "429": {"description": "The account already runs AKECE_API_MAX_SCANS_PER_ACCOUNT scans; retry after "
+                           "Retry-After seconds",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            "content": {JSON: {"schema": _ref("Error")}}},
+}
+
+
 def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
     """Dead letters, replay and recover (``services.replay.api``): JSON in, JSON out."""
     name = path.rsplit("/", 1)[-1].strip("{}")
+    scans = name in ("deliveries", "dead_letters", "replay", "recover")
     operation: dict[str, Any] = {
         "operationId": f"{method.lower()}_{name}", "summary": summary, "tags": ["recovery"],
         "parameters": _parameters(path),
         "responses": {"200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}},
-                      **_ERRORS},
+                      **_ERRORS, **(_SCAN_ERRORS if scans else {})},
     }
+    if method == "GET" and scans:
+        windows = ["since", "until"] if name == "dead_letters" else ["since"]
+        operation["parameters"] += [{"name": n, "in": "query", "required": False, "schema": _WINDOW}
+                                    for n in windows]
     if method == "POST":
         operation["requestBody"] = {"required": False, "content": {JSON: {"schema": {
             "type": "object", "properties": {
-                "since": {"type": "string", "description": "ISO-8601 or relative (2h, 30m, 7d)"},
+                "since": _WINDOW,
                 "until": {"type": "string"}, "event": {"type": "string"}, "reason": {"type": "string"},
                 "delivery_id": {"type": ["string", "array"], "items": {"type": "string"},
                                 "description": "replay only: just these dead letters (delivery ids)"},
@@ -135,7 +165,7 @@ def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.operation_id, "summary": route.summary, "tags": ["webhooks"],
-        "parameters": _parameters(route.path),
+        "parameters": _parameters(route.path) + (_PAGINATION if route.operation_id == "listWebhooks" else []),
         "responses": {**_RESPONSES[route.operation_id], **_ERRORS},
     }
     if route.operation_id in ("createWebhook", "updateWebhook", "putWebhook"):

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from services.admin.auth import Principal
 from services.admin.service import WebhookService, webhook_view
-from services.admin.validation import parse_body
+from services.admin.validation import BadRequest, parse_body
 from services.shared.subscriptions import Webhook
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,11 +67,30 @@ def _one(service: WebhookService, webhook: Webhook | None, *, reveal: bool = Fal
     return json_response({"payload": {"webhook": webhook_view(webhook, service.now(), reveal=reveal)}})
 
 
+def _page_param(request: web.Request, name: str, default: int, most: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= most):
+        raise BadRequest(f"{name} must be a whole number from 1 to {most}")
+    return int(text)
+
+
 async def list_webhooks(request: web.Request) -> web.StreamResponse:
+    """Chatwoot's shape: every webhook of the account (at most the per-account cap); with ``page`` /
+    ``per_page`` one page of them in id order, plus ``meta`` (page, per_page, total)."""
     service = request.app[SERVICE]
     now = service.now()
-    hooks = [webhook_view(w, now) for w in service.for_account(_account(request))]
-    return json_response({"payload": {"webhooks": hooks}})
+    account_id = _account(request)
+    cap = service.max_webhooks
+    webhooks = service.for_account(account_id)
+    if "page" not in request.query and "per_page" not in request.query:
+        return json_response({"payload": {"webhooks": [webhook_view(w, now) for w in webhooks[:cap]]}})
+    page = _page_param(request, "page", 1, 10**9)
+    per_page = _page_param(request, "per_page", min(25, cap), cap)
+    shown = webhooks[(page - 1) * per_page: page * per_page]
+    return json_response({"payload": {"webhooks": [webhook_view(w, now) for w in shown]},
+                          "meta": {"page": page, "per_page": per_page, "total": len(webhooks)}})
 
 
 async def create_webhook(request: web.Request) -> web.StreamResponse:

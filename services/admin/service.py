@@ -101,8 +101,9 @@ class WebhookService:
     """Create, update, delete and rotate webhooks of an account."""
 
     def __init__(self, table: SubscriptionTable, store: SubscriptionStore, guard: NetworkGuard, *,
-                 secret_overlap_s: float, clock: Clock = time.time) -> None:
+                 secret_overlap_s: float, clock: Clock = time.time, max_webhooks: int = 100) -> None:
         self.table = table
+        self.max_webhooks = max_webhooks
         self._store = store
         self._guard = guard
         self._overlap = secret_overlap_s
@@ -122,6 +123,8 @@ class WebhookService:
     async def create(self, account_id: int, body: dict[str, Any]) -> Webhook:
         changes = validation.webhook_changes(body, creating=True)
         async with self._locks.hold(account_id):
+            if len(self.table.for_account(account_id)) >= self.max_webhooks:
+                raise Invalid([("base", validation.too_many_webhooks(self.max_webhooks))])
             await self._check_url(account_id, changes["url"], None)
             webhook_id = new_webhook_id()
             while self.table.get(webhook_id) is not None:

@@ -36,6 +36,10 @@ class BadRequest(Exception):
     """The body is not JSON, or not a JSON object: 400."""
 
 
+def too_many_webhooks(limit: int) -> str:
+    return f"Webhooks limit reached: an account may have at most {limit} webhooks"
+
+
 class Invalid(Exception):
     """One or more fields are invalid: 422 in Chatwoot's shape."""
 

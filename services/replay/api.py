@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,7 +47,7 @@ from services.shared import logging as logs
 from services.shared.errors import AkeceError, ValidationError
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics
+from services.shared.topics import Topics, format_delay
 
 log = logs.get("replay.api")
 
@@ -80,10 +82,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         super().__init__(str(body))
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
 
 def _not_found() -> _Refusal:
@@ -106,6 +109,7 @@ class ReplayRoutes:
         self._own_producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.scans = ScanSlots(settings.api.max_scans_per_account)
 
     # --- plumbing ------------------------------------------------------------------------------
     async def producer(self) -> AIOKafkaProducer:
@@ -134,7 +138,9 @@ class ReplayRoutes:
                 response: web.StreamResponse = await method(request, webhook)
                 return response
             except _Refusal as refusal:
-                return _json(refusal.body, refusal.status)
+                response = _json(refusal.body, refusal.status)
+                response.headers.update(refusal.headers)
+                return response
             except ValidationError as exc:
                 return _json({"error": "Bad Request", "message": str(exc)}, 400)
         return handle
@@ -151,19 +157,30 @@ class ReplayRoutes:
         return webhook
 
     # --- reads -------------------------------------------------------------------------------------
+    def window(self, since: str, until: str | None) -> Window:
+        """The request's window, refused (400) when it spans more than ``AKECE_API_MAX_WINDOW_S``."""
+        now = datetime.now(UTC)
+        window = Window.parse(since, until, now)
+        limit = self.settings.api.max_window_s
+        if window.since is not None and (window.until or now) - window.since > timedelta(seconds=limit):
+            raise _bad(f"since: the window may span at most {format_delay(limit)} (AKECE_API_MAX_WINDOW_S)")
+        return window
+
     async def deliveries(self, request: web.Request, webhook: Webhook) -> web.Response:
-        window = Window.parse(request.query.get("since", DEFAULT_SINCE), None)
-        async with kafka.started(reader(self.settings)) as consumer:
+        window = self.window(request.query.get("since", DEFAULT_SINCE), None)
+        async with self.scans.slot(webhook.account_id), kafka.started(reader(self.settings)) as consumer:
             found = await recent_attempts(consumer, self.topics.attempts, webhook.id, since_ms=window.since_ms,
                                           limit=_limit(request))
         return _json({"payload": {"deliveries": [attempt.to_json() for attempt in found]}})
 
     async def dead_letters(self, request: web.Request, webhook: Webhook) -> web.Response:
         query = request.query
-        window = Window.parse(query.get("since", DEFAULT_SINCE), query.get("until"))
+        window = self.window(query.get("since", DEFAULT_SINCE), query.get("until"))
         filters = DlqFilter.of(account=str(webhook.account_id), webhook=webhook.id, event=query.get("event"),
                                reason=query.get("reason"))
-        listing = await list_dead_letters(self.settings, filters, window, limit=_limit(request))
+        limit = _limit(request)
+        async with self.scans.slot(webhook.account_id):
+            listing = await list_dead_letters(self.settings, filters, window, limit=limit)
         return _json({"payload": {"dead_letters": [d.to_json() for d in listing.items], "matched": listing.matched,
                                   "superseded": listing.superseded,
                                   "window": window.describe()}})
@@ -180,18 +197,18 @@ class ReplayRoutes:
         filters = DlqFilter.of(account=str(webhook.account_id), webhook=webhook.id, event=_str(body, "event"),
                                reason=_str(body, "reason"), delivery=_str(body, "delivery_id"))
         source = DlqSource(self.settings, filters, self.table.get)
-        return await self._run("replay", source, body, request, _str(body, "since") or DEFAULT_SINCE)
+        return await self._run("replay", source, body, request, _str(body, "since") or DEFAULT_SINCE, webhook)
 
     async def recover(self, request: web.Request, webhook: Webhook) -> web.Response:
         body = await _body(request)
         since = _str(body, "since")
         if not since:
             raise _bad("since is required")
-        return await self._run("recover", EventsSource(self.settings, webhook), body, request, since)
+        return await self._run("recover", EventsSource(self.settings, webhook), body, request, since, webhook)
 
     async def _run(self, kind: str, source: Source[Any], body: dict[str, Any], request: web.Request,
-                   since: str) -> web.Response:
-        window = Window.parse(since, _str(body, "until"))
+                   since: str, webhook: Webhook) -> web.Response:
+        window = self.window(since, _str(body, "until"))
         principal = request.get(PRINCIPAL)
         account = request.match_info["account_id"]
         user = "api:admin" if principal is not None and principal.is_admin else f"api:account:{account}"
@@ -199,7 +216,8 @@ class ReplayRoutes:
                           rate=_rate(body), user=user)
         engine = Engine(self.settings, source, producer=await self.producer(), options=options, store=self.store)
         try:
-            plan = await engine.plan(window)
+            async with self.scans.slot(webhook.account_id):
+                plan = await engine.plan(window)
         except ReplayRefusedError as exc:
             raise _Refusal(409, {"error": str(exc)}) from None
         answer = _answer(kind, plan)
@@ -225,6 +243,29 @@ class ReplayRoutes:
             log.info("replay.api_done", run_id=plan.run_id, enqueued=summary.enqueued)
         except (AkeceError, OSError) as exc:  # recorded as failed in the ledger (or refused): resumable
             log.error("replay.api_failed", run_id=plan.run_id, error=str(exc)[:300])
+
+
+class ScanSlots:
+    """At most ``limit`` topic scans per account at once; one more is refused (429), never queued."""
+
+    RETRY_AFTER_S = 2
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running: dict[int, int] = {}
+
+    @asynccontextmanager
+    async def slot(self, account_id: int) -> AsyncIterator[None]:
+        if self.running.get(account_id, 0) >= self.limit:
+            raise _Refusal(429, {"error": f"Too many scans: at most {self.limit} at once per account; "
+                                          "try again shortly"}, {"Retry-After": str(self.RETRY_AFTER_S)})
+        self.running[account_id] = self.running.get(account_id, 0) + 1
+        try:
+            yield
+        finally:
+            self.running[account_id] -= 1
+            if not self.running[account_id]:
+                del self.running[account_id]
 
 
 def _answer(kind: str, plan: Plan) -> dict[str, Any]:
@@ -282,6 +323,9 @@ def _limit(request: web.Request) -> int:
     return int(text)
 
 
+REPLAY_ROUTES = web.AppKey("replay_routes", ReplayRoutes)
+
+
 def add_replay_routes(app: web.Application, settings: Settings, table: SubscriptionTable, store: SubscriptionStore,
                       *, producer: AIOKafkaProducer | None = None, authorize: Authorize | None = None,
                       ) -> ReplayRoutes:
@@ -292,6 +336,7 @@ def add_replay_routes(app: web.Application, settings: Settings, table: Subscript
     Returns the handlers' owner (``.tasks``: the replays running in the background).
     """
     routes = ReplayRoutes(settings, table, store, producer, authorize or token_authorizer(settings))
+    app[REPLAY_ROUTES] = routes
     app.cleanup_ctx.append(routes.lifecycle)
     handlers = {"/deliveries": routes.deliveries, "/dead_letters": routes.dead_letters, "/replay": routes.replay,
                 "/recover": routes.recover, "/replays/{replay_id}": routes.run_state}

@@ -34,13 +34,16 @@ def parse_time(text: str, now: datetime, *, field_name: str = "since") -> dateti
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        except (OverflowError, ValueError):  # beyond what a date can hold (year 1 to 9999)
+            raise ValidationError(f"--{field_name}: {text[:40]!r} reaches before the year 1", field_name) from None
     if text == "now":
         return now
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValidationError(f"--{field_name}: {text!r} is neither ISO-8601 nor relative like 2h, 30m, 7d",
+        raise ValidationError(f"--{field_name}: {text[:40]!r} is neither ISO-8601 nor relative like 2h, 30m, 7d",
                               field_name) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

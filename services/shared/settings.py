@@ -128,6 +128,17 @@ class ApiSettings(BaseModel):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long in-flight API requests may finish after SIGTERM."
     )
+    max_webhooks_per_account: int = Field(
+        100, ge=1, description="Most webhooks an account may have; a create beyond it is a 422."
+    )
+    max_window_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Longest time window (since to until) of the deliveries, dead-letter, "
+        "replay and recover routes; a longer one is a 400."
+    )
+    max_scans_per_account: int = Field(
+        2, ge=1, description="Topic scans (deliveries, dead letters, replay and recover plans) one account may "
+        "run at once; beyond it a 429 with Retry-After."
+    )
 
 
 class HttpSettings(BaseModel):
