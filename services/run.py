@@ -58,7 +58,7 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
 
         TokenAuthenticator.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
-    table = SubscriptionTable(settings, on_change=table_metrics(metrics))
+    table = SubscriptionTable(settings, on_change=table_metrics(metrics), metrics=metrics)
     producer = kafka.producer(settings)
     async with kafka.started(producer):
         store = SubscriptionStore(settings, table, producer)

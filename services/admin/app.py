@@ -105,6 +105,14 @@ async def errors(request: web.Request, handler: routes.Handler) -> web.StreamRes
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except ConnectionResetError:  # the client went away: nothing to answer, nothing wrong here
+        raise
+    except Exception as exc:  # a bug on one request: that request's 500, logged by type (no values), counted
+        resource = request.match_info.route.resource
+        log.error("api.internal_error", method=request.method, error_class="internal", error=type(exc).__name__,
+                  route=resource.canonical if resource is not None else "unmatched")
+        request.app[METRICS].internal_errors.labels(stage="api").inc()
+        return _error(500, "Internal error")
 
 
 @web.middleware
@@ -143,7 +151,7 @@ def create_app(settings: Settings, table: SubscriptionTable, store: Subscription
     app[AUTH] = auth
     app[METRICS] = metrics
     routes.add_routes(app)
-    add_replay_routes(app, settings, table, store)
+    add_replay_routes(app, settings, table, store, metrics=metrics)
     add_console(app, settings, table)  # the web console: / and /app/...
     document = openapi_document()
 

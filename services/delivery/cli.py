@@ -75,7 +75,7 @@ def delivery_workers(table: SubscriptionTable, worker: DeliveryWorker) -> list[W
 
 async def serve(settings: Settings, *, group_id: str | None = None, until_idle: bool = False) -> int:
     metrics = Metrics(CollectorRegistry())
-    table = SubscriptionTable(settings)
+    table = SubscriptionTable(settings, metrics=metrics)
     producer = kafka.producer(settings)
     async with kafka.started(producer):
         store = SubscriptionStore(settings, table, producer)

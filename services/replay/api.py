@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from services.admin.auth import TokenAuthenticator, token_from_headers
 from services.admin.routes import NOT_FOUND, PRINCIPAL
@@ -45,6 +46,7 @@ from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import AkeceError, ValidationError
+from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
 from services.shared.topics import Topics, format_delay
@@ -99,8 +101,9 @@ def _bad(message: str) -> _Refusal:
 
 class ReplayRoutes:
     def __init__(self, settings: Settings, table: SubscriptionTable, store: SubscriptionStore,
-                 producer: AIOKafkaProducer | None, authorize: Authorize) -> None:
+                 producer: AIOKafkaProducer | None, authorize: Authorize, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.table = table
         self.store = store
         self.authorize = authorize
@@ -214,7 +217,8 @@ class ReplayRoutes:
         user = "api:admin" if principal is not None and principal.is_admin else f"api:account:{account}"
         options = Options(dry_run=_flag(body, "dry_run"), force=_flag(body, "force"), enable=_flag(body, "enable"),
                           rate=_rate(body), user=user)
-        engine = Engine(self.settings, source, producer=await self.producer(), options=options, store=self.store)
+        engine = Engine(self.settings, source, producer=await self.producer(), options=options, store=self.store,
+                        metrics=self.metrics)
         try:
             async with self.scans.slot(webhook.account_id):
                 plan = await engine.plan(window)
@@ -241,8 +245,12 @@ class ReplayRoutes:
         try:
             summary = await engine.execute(plan)
             log.info("replay.api_done", run_id=plan.run_id, enqueued=summary.enqueued)
-        except (AkeceError, OSError) as exc:  # recorded as failed in the ledger (or refused): resumable
-            log.error("replay.api_failed", run_id=plan.run_id, error=str(exc)[:300])
+        except (AkeceError, KafkaError, OSError, TimeoutError) as exc:  # recorded as failed in the ledger
+            log.error("replay.api_failed", run_id=plan.run_id, error=str(exc)[:300])  # (or refused): resumable
+        except Exception as exc:  # a bug: this run's failure (recorded as failed, resumable), not the process's
+            log.error("replay.api_failed", run_id=plan.run_id, error_class="internal", error=type(exc).__name__)
+            if self.metrics is not None:
+                self.metrics.internal_errors.labels(stage="api").inc()
 
 
 class ScanSlots:
@@ -328,14 +336,15 @@ REPLAY_ROUTES = web.AppKey("replay_routes", ReplayRoutes)
 
 def add_replay_routes(app: web.Application, settings: Settings, table: SubscriptionTable, store: SubscriptionStore,
                       *, producer: AIOKafkaProducer | None = None, authorize: Authorize | None = None,
-                      ) -> ReplayRoutes:
+                      metrics: Metrics | None = None) -> ReplayRoutes:
     """Add the dead-letter, replay and recover routes (``ROUTES``) to ``app``.
 
     ``producer``: a started producer to re-enqueue with (else one is started on first use and
-    stopped with the app). ``authorize``: the account rule (default: ``token_authorizer``).
+    stopped with the app). ``authorize``: the account rule (default: ``token_authorizer``). ``metrics``:
+    where unexpected per-record and background errors are counted (``internal_errors``).
     Returns the handlers' owner (``.tasks``: the replays running in the background).
     """
-    routes = ReplayRoutes(settings, table, store, producer, authorize or token_authorizer(settings))
+    routes = ReplayRoutes(settings, table, store, producer, authorize or token_authorizer(settings), metrics)
     app[REPLAY_ROUTES] = routes
     app.cleanup_ctx.append(routes.lifecycle)
     handlers = {"/deliveries": routes.deliveries, "/dead_letters": routes.dead_letters, "/replay": routes.replay,

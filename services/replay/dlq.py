@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from services.replay.window import ReadStats, Window, iso, offset_ranges, read_ranges, reader
@@ -28,18 +28,25 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+_LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z: the last moment a datetime can show
+
+
 def epoch(value: str | None) -> float | None:
-    """Unix seconds from a header holding Unix seconds/milliseconds or ISO-8601."""
+    """Unix seconds from a header holding Unix seconds/milliseconds or ISO-8601; ``None`` when unreadable
+    or outside what a date can show (``nan``, ``1e999``, a negative time): such a header is anyone's input."""
     if not value:
         return None
     try:
         number = float(value)
     except ValueError:
         try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
+            moment = datetime.fromisoformat(value)
+            number = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             return None
-    return number / 1000 if number > 1e11 else number
+    else:
+        number = number / 1000 if number > 1e11 else number
+    return number if 0 <= number <= _LAST_SECOND else None
 
 
 @dataclass(frozen=True, slots=True)

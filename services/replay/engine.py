@@ -58,6 +58,7 @@ from services.shared import headers as h
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import AkeceError, ConfigError
+from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore
 from services.shared.topics import Topics
@@ -66,6 +67,7 @@ log = logs.get("replay")
 
 T = TypeVar("T")
 ABANDON_S = 5.0  # how long an interrupted run waits for in-flight acknowledgements
+INTERNAL_ERROR = "internal_error"  # the skip reason of a record whose handling raised unexpectedly
 HEARTBEAT_S = 20.0  # a running run rewrites its record at least this often
 
 
@@ -183,9 +185,11 @@ Confirm = Callable[[Plan], Awaitable[bool]]
 
 class Engine(Generic[T]):
     def __init__(self, settings: Settings, source: Source[T], *, producer: AIOKafkaProducer, options: Options,
-                 store: SubscriptionStore | None = None, progress: ProgressFactory | None = None) -> None:
+                 store: SubscriptionStore | None = None, progress: ProgressFactory | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.source = source
+        self.metrics = metrics
         self.producer = producer
         self.options = options
         self.store = store
@@ -262,8 +266,7 @@ class Engine(Generic[T]):
         samples: list[tuple[int, int, dict[str, Any]]] = []
         async for records in read_ranges(consumer, self.source.topic, plan.ranges, plan.stats):
             for record in records:
-                item = self.source.parse(record)
-                decision = self.source.select(item)
+                item, decision = self.decide(record)
                 if decision is None:
                     continue
                 plan.matched += 1
@@ -272,6 +275,7 @@ class Engine(Generic[T]):
                     if decision.webhook_id is not None:
                         plan.skipped_webhooks.setdefault(decision.webhook_id, decision.reason)
                     continue
+                assert item is not None  # only a Skip comes without an item
                 where = (record.partition, record.offset)
                 last[decision.delivery_id] = where
                 if record.offset < checkpoint.get(where[0], 0):
@@ -293,8 +297,31 @@ class Engine(Generic[T]):
                     plan.to_enable.add(decision.webhook_id)
                 candidates.append((*where, decision.delivery_id, decision.webhook_id))
                 if len(samples) < 4 * self.options.sample_size:
-                    samples.append((*where, self.source.describe(item)))
+                    samples.append((*where, self._describe(record, item)))
         self._select(plan, candidates, last, samples)
+
+    def decide(self, record: Any) -> tuple[T | None, Send | Skip | None]:
+        """The source's item and decision for one record. An unexpected error is that record's failure
+        (skipped as ``internal_error``, logged with its type, counted), never the run's."""
+        try:
+            item = self.source.parse(record)
+            return item, self.source.select(item)
+        except Exception as exc:
+            self._internal_error(record, exc)
+            return None, Skip(INTERNAL_ERROR)
+
+    def _describe(self, record: Any, item: T) -> dict[str, Any]:
+        try:
+            return self.source.describe(item)
+        except Exception as exc:
+            self._internal_error(record, exc)
+            return {"partition": record.partition, "offset": record.offset}
+
+    def _internal_error(self, record: Any, exc: Exception) -> None:
+        log.error("replay.record_failed", topic=self.source.topic, partition=record.partition,
+                  offset=record.offset, error_class="internal", error=type(exc).__name__)
+        if self.metrics is not None:
+            self.metrics.internal_errors.labels(stage="replay").inc()
 
     def _covering(self, priors: Sequence[Run], tails: Mapping[str, set[str]], where: tuple[int, int],
                   item: T, decision: Send) -> str | None:
@@ -467,7 +494,7 @@ class _Sender:
                         self.vanished += 1
                     if index < len(wanted) and wanted[index] == record.offset:
                         index += 1
-                        await self._send(source.select(source.parse(record)))
+                        await self._send(engine.decide(record)[1])
                     self.cursor[partition] = record.offset + 1
                     if (len(self.pending) >= engine.options.checkpoint_every
                             or time.monotonic() - self.flushed_at >= engine.options.checkpoint_interval_s):

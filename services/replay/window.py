@@ -52,9 +52,12 @@ def iso(moment: datetime | float | None) -> str | None:
     """ISO-8601 UTC with milliseconds, from a datetime or Unix seconds."""
     if moment is None:
         return None
-    if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        if not isinstance(moment, datetime):
+            moment = datetime.fromtimestamp(moment, UTC)
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):  # nan, or beyond what a date can show: a record's odd stamp
+        return None
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ async def run_router(settings: Settings, *, group_id: str | None = None, until_i
     """Run the table and the router until a signal, ``stop``, or the router's own end. The exit code."""
     metrics = Metrics(registry or CollectorRegistry())
     stop = stop or asyncio.Event()
-    table = SubscriptionTable(settings)
+    table = SubscriptionTable(settings, metrics=metrics)
     router = RouterWorker(settings, table, metrics, group_id=group_id, until_idle=until_idle,
                           max_records=max_records)
     workers: list[Worker] = [table, _StopWhenDone(router, stop)]

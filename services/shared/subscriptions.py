@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
+from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.topics import Topics
 
@@ -115,7 +116,13 @@ def error_summary(exc: Exception) -> list[dict[str, Any]] | str:
     if isinstance(exc, ValidationError):
         return [{"loc": list(e["loc"]), "type": e["type"]}
                 for e in exc.errors(include_input=False, include_url=False, include_context=False)][:20]
+    if isinstance(exc, BadRecordError):
+        return str(exc)
     return type(exc).__name__
+
+
+class BadRecordError(ValueError):
+    """A subscriptions record that is not a webhook record; its message never quotes the record."""
 
 
 def encode_webhook(webhook: Webhook) -> bytes:
@@ -131,8 +138,10 @@ class SubscriptionTable:
 
     OnChange = Callable[["SubscriptionTable"], None]
 
-    def __init__(self, settings: Settings, *, on_change: OnChange | None = None) -> None:
+    def __init__(self, settings: Settings, *, on_change: OnChange | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics  # counts skipped records (internal_errors, stage subscriptions)
         self._topic = Topics.from_settings(settings).subscriptions
         self._by_id: dict[int, Webhook] = {}
         self._by_account: dict[int, dict[int, Webhook]] = defaultdict(dict)
@@ -177,8 +186,12 @@ class SubscriptionTable:
         """Apply one record without reindexing; returns the accounts whose index is now stale."""
         if key is None:
             return set()
+        if not (key.isascii() and key.isdigit() and len(key) <= 18):
+            raise BadRecordError("the key is not a webhook id")
         webhook_id = int(key)
         webhook = None if value is None else decode_webhook(value)  # a bad record changes nothing
+        if webhook is not None and webhook.id != webhook_id:
+            raise BadRecordError("the key is not the record's webhook id")
         touched: set[int] = set()
         old = self._by_id.pop(webhook_id, None)
         if old is not None:
@@ -209,10 +222,12 @@ class SubscriptionTable:
         for record in records:
             try:
                 stale |= self._apply(record.key, record.value)
-            except ValueError as exc:  # a record that is not a webhook: skip it, loudly (but no values)
+            except Exception as exc:  # a record that is not a webhook, or a bug: skip it, loudly (but no values)
                 key = None if record.key is None else record.key[:64].decode(errors="replace")
                 log.error("subscriptions.bad_record", partition=record.partition, offset=record.offset,
-                          key=key, errors=error_summary(exc))
+                          key=key, error_class="internal", errors=error_summary(exc))
+                if self._metrics is not None:
+                    self._metrics.internal_errors.labels(stage="subscriptions").inc()
             self._applied[record.partition] = record.offset + 1
         for account_id in stale:
             self._reindex(account_id)
