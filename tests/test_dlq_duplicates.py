@@ -10,17 +10,35 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+from collections import Counter
 
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
 from services.replay.api import add_replay_routes
-from services.replay.fixtures import cli_env
+from services.replay.dlq import DlqFilter
+from services.replay.engine import Options, Summary
+from services.replay.fixtures import (
+    DeadSpec,
+    cli_env,
+    dead_letter,
+    produce_dead_letters,
+    put_webhooks,
+    running_store,
+    webhook,
+)
+from services.replay.replay import replay
+from services.replay.window import Window
+from services.shared import headers as h
+from services.shared import kafka
 from services.shared.settings import Settings
+from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.receiver import Receiver
+from tests.test_replay import read_all
 
 pytest_plugins = ["tests.receiver"]
 
@@ -76,3 +94,32 @@ async def test_two_dead_letters_of_one_delivery_list_and_replay_once(kafka_boots
 
     assert sorted(sent("/a")) == sorted([twice_a.delivery_id, once_a.delivery_id])
     assert sent("/b") == [twice_b.delivery_id]
+
+
+async def test_a_later_copy_of_a_replayed_dead_letter_is_not_sent_again(settings: Settings, topics: Topics) -> None:
+    """The second chain's dead letter arrives after the first one was replayed: a later replay skips it as
+    already replayed; a new failure of the replayed delivery (it names the replay) is replayed."""
+    now = time.time()
+    first = DeadSpec(101, 1, now - 60, event_id="evt-forked")
+    copy = DeadSpec(101, 1, now - 50, event_id="evt-forked")
+    async with running_store(settings) as store:
+        await put_webhooks(store, [webhook(1, webhook_id=101)])
+
+        async def run() -> Summary:
+            return await replay(settings, DlqFilter(), Window.parse("1h", None), lookup=store.table.get,
+                                producer=store.producer, store=store, options=Options(user="tester"))
+
+        await produce_dead_letters(store.producer, topics.dlq, [first])
+        replayed = await run()
+        assert (replayed.status, replayed.enqueued) == ("done", 1)
+        await produce_dead_letters(store.producer, topics.dlq, [copy])
+        again = await run()
+        assert again.status == "refused" and again.plan.covered_by == Counter({replayed.plan.run_id: 2})
+
+        key, value, headers = dead_letter(DeadSpec(101, 1, now - 40, event_id="evt-forked"))
+        headers = h.replace(headers, {h.REPLAY_ID: replayed.plan.run_id})  # the replayed delivery failed again
+        await kafka.send(store.producer, topics.dlq, value, key=key, headers=headers, timeout=10)
+        third = await run()
+        assert (third.status, third.enqueued) == ("done", 1)
+    sent = [h.to_dict(r.headers)[h.DELIVERY_ID] for r in await read_all(settings, topics.deliveries)]
+    assert sent == [first.delivery_id, first.delivery_id]  # once per failure, never for the copy

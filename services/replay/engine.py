@@ -8,8 +8,9 @@ whether it is inside the run's filters and what goes back on the deliveries topi
    per record: outside the filters; skipped (webhook deleted, or disabled without ``--enable``);
    *superseded* (a later record of the same delivery id is in the range: a delivery goes back at
    most once per run); *already replayed* (an earlier recorded run finished that source offset with
-   filters that match it, unless ``--force``); *done* by this very run before an interruption; or
-   *to send*. Only the offsets to send are kept (8 bytes each).
+   filters that match it, unless ``--force``; so is a later copy of it, a record of the same delivery id
+   and origin, which a crash that forked a retry chain dead-letters twice); *done* by this very run
+   before an interruption; or *to send*. Only the offsets to send are kept (8 bytes each).
 2. **Confirms** (the caller's callback; not for dry runs), re-enables webhooks for ``--enable``, and
    records the run as running in the ledger.
 3. **Sends.** It reads the range again from the checkpoint and produces every selected record to the
@@ -85,6 +86,9 @@ class Send:
     value: bytes | None
     headers: h.Headers
     webhook_disabled: bool = False
+    origin: str | None = None
+    """The run that last re-enqueued it (``None``: the pipeline's own): two records of one delivery id with
+    the same origin are copies of one chain (a crash can fork a retry chain), not a new failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,7 @@ class Engine(Generic[T]):
         checkpoint = resumed.checkpoint if resumed else {}
         own_tail = tails.get(resumed.id, set()) if resumed else set()
         last: dict[str, tuple[int, int]] = {}
+        replayed: dict[tuple[str, str | None], str] = {}  # (delivery id, origin) -> the run that covered it
         candidates: list[tuple[int, int, str, int]] = []
         samples: list[tuple[int, int, dict[str, Any]]] = []
         async for records in read_ranges(consumer, self.source.topic, plan.ranges, plan.stats):
@@ -286,7 +291,11 @@ class Engine(Generic[T]):
                     plan.tail_found += 1
                     continue
                 covering = None if self.options.force else self._covering(priors, tails, where, item, decision)
+                copy = (decision.delivery_id, decision.origin)
+                if covering is None and not self.options.force:
+                    covering = replayed.get(copy)  # a copy of a record an earlier run re-enqueued
                 if covering is not None:
+                    replayed[copy] = covering
                     plan.covered_by[covering] += 1
                     continue
                 if decision.webhook_disabled:

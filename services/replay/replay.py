@@ -64,7 +64,7 @@ class DlqSource:
         if str(webhook.account_id) != dead.account_id:
             return Skip("account_mismatch", dead.webhook_id)
         return Send(dead.webhook_id, dead.delivery_id, dead.key, dead.value, replay_headers(dead),
-                    webhook_disabled=not webhook.enabled)
+                    webhook_disabled=not webhook.enabled, origin=dead.replay_id)
 
     def matches(self, filters: Mapping[str, Any], dead: DeadLetter) -> bool:
         key = repr(sorted(filters.items()))
