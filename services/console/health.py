@@ -17,10 +17,11 @@ from aiohttp import web
 
 from services.console.core import Ctx
 from services.console.html import secured
-from services.replay.attempts import parse, partition_of
+from services.replay.attempts import partition_of
 from services.replay.circuits import open_circuits
 from services.replay.window import read_ranges, reader, topic_ends
 from services.shared import kafka
+from services.shared.attempts import AttemptRecord, decode
 from services.shared.settings import Settings
 from services.shared.topics import Topics
 
@@ -47,11 +48,10 @@ class HealthCache:
 HEALTH = web.AppKey("console_health", HealthCache)
 
 
-def _last(attempt: dict[str, Any]) -> dict[str, Any]:
-    status = attempt.get("status")
-    return {"outcome": attempt.get("outcome"), "status": status, "error_class": attempt.get("error_class"),
-            "time": attempt.get("time"), "text": f"HTTP {status}" if status else str(attempt.get("error_class")
-                                                                                     or attempt.get("outcome"))}
+def _last(attempt: AttemptRecord) -> dict[str, Any]:
+    status = attempt.status
+    return {"outcome": attempt.outcome, "status": status, "error_class": attempt.error_class,
+            "time": attempt.time, "text": f"HTTP {status}" if status else str(attempt.error_class or attempt.outcome)}
 
 
 async def scan(settings: Settings, webhook_ids: set[int]) -> dict[str, Any]:
@@ -68,11 +68,9 @@ async def scan(settings: Settings, webhook_ids: set[int]) -> dict[str, Any]:
                   if tp.partition in wanted}
         async for records in read_ranges(consumer, topic, ranges):
             for record in records:
-                attempt = parse(record.value)
-                webhook = attempt.get("webhook_id") if attempt else None
-                if attempt is not None and isinstance(webhook, int | str) and str(webhook).isdigit() \
-                        and int(webhook) in found:
-                    found[int(webhook)]["last"] = _last(attempt)
+                attempt = decode(record.value)
+                if attempt is not None and attempt.webhook_id in found:
+                    found[attempt.webhook_id]["last"] = _last(attempt)
         circuits = await open_circuits(consumer, topic, now=time.time(),
                                        threshold=settings.circuit.failure_threshold)
     for circuit in circuits.circuits:
