@@ -7,6 +7,8 @@ gets its own topic prefix, so tests never see each other's records.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -21,10 +23,40 @@ from tests.kafka_broker import broker_for_tests
 pytest_plugins = ["tests.receiver", "tests.containers"]  # a `receiver` fixture; `podman` and `image`
 
 
+_SESSION_BROKER: list[str] = []  # the session broker's bootstrap, once started
+_MADE: list[Settings] = []  # settings made by make_settings since the current module started
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     with broker_for_tests() as bootstrap:
+        _SESSION_BROKER.append(bootstrap)
         yield bootstrap
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_module_topics() -> Iterator[None]:
+    """After each module, delete the topics its tests made on the session broker.
+
+    Every test has its own topic prefix; a whole session's thousands of partitions would otherwise stay
+    open on the broker, whose open-files limit ends it ("Too many open files" fails its log directory).
+    """
+    start = len(_MADE)
+    yield
+    made = _MADE[start:]
+    del _MADE[start:]
+    on_session_broker = [s for s in made if s.kafka.bootstrap_servers in _SESSION_BROKER]
+    if on_session_broker:
+        with contextlib.suppress(Exception):  # best effort: a test may have left the broker unreachable
+            asyncio.run(_delete_topics(on_session_broker))
+
+
+async def _delete_topics(made: list[Settings]) -> None:
+    prefixes = tuple(f"{s.topic_prefix}." for s in made)
+    async with asyncio.timeout(30), kafka.started(kafka.admin(made[0])) as admin:
+        names = [name for name in await admin.list_topics() if name.startswith(prefixes)]
+        for start in range(0, len(names), 200):
+            await admin.delete_topics(names[start:start + 200])
 
 
 def make_settings(bootstrap: str, **overrides: object) -> Settings:
@@ -44,7 +76,9 @@ def make_settings(bootstrap: str, **overrides: object) -> Settings:
             values[key] = {**values[key], **value}  # type: ignore[dict-item]
         else:
             values[key] = value
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _MADE.append(settings)
+    return settings
 
 
 
