@@ -175,7 +175,8 @@ class WebhookService:
 
     async def _check_url(self, account_id: int, url: str, webhook_id: int | None) -> None:
         errors: list[tuple[str, str]] = []
-        if any(w.url == url and w.id != webhook_id for w in self.table.for_account(account_id)):
+        key = validation.url_key(url)
+        if any(w.id != webhook_id and validation.url_key(w.url) == key for w in self.table.for_account(account_id)):
             errors.append(("url", validation.URL_TAKEN))
         host = validation.url_host(url)
         try:

@@ -8,15 +8,14 @@ ignored, as Chatwoot's strong parameters do. Bodies come wrapped (``{"webhook": 
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
+from services.shared import urls
 
-MAX_URL_LENGTH = 2048
+MAX_URL_LENGTH = urls.MAX_LENGTH
 MAX_NAME_LENGTH = 255
 MAX_REASON_LENGTH = 255
 MAX_TIMEOUT_S = 60.0
@@ -27,7 +26,6 @@ URL_TAKEN = "Url has already been taken"
 URL_PRIVATE = "Url points to a private network address"
 SUBSCRIPTIONS_INVALID = "Subscriptions Invalid events"
 
-_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?\.?$|^[0-9A-Fa-f:.]+(?:%\w+)?$")
 _EVENTS = frozenset(EVENT_NAMES)
 TIMEOUT_FIELDS = ("connect_timeout_s", "total_timeout_s")
 
@@ -76,28 +74,24 @@ def parse_body(raw: bytes, *, required: bool = True) -> dict[str, Any]:
 
 
 def url_error(url: Any) -> str | None:
-    """Chatwoot's message for a malformed URL, or ``None``: http(s), a host, at most 2048 characters."""
-    if not isinstance(url, str) or not url:
-        return URL_INVALID
-    if len(url) > MAX_URL_LENGTH:
+    """Chatwoot's message for a URL the sender could not send to (``services.shared.urls``), or ``None``."""
+    if isinstance(url, str) and len(url) > MAX_URL_LENGTH:
         return URL_TOO_LONG
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        return URL_INVALID
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a bad port
-        host = parts.hostname or ""
-        ascii_host = host.encode("idna").decode("ascii") if host else ""
-    except (ValueError, UnicodeError):
-        return URL_INVALID
-    if parts.scheme.lower() not in ("http", "https") or not ascii_host or not _HOST.match(ascii_host):
-        return URL_INVALID
-    return None
+    return URL_INVALID if urls.error(url) is not None else None
 
 
 def url_host(url: str) -> str:
-    """The host of a valid URL (IPv6 without brackets)."""
-    return urlsplit(url).hostname or ""
+    """The host of a valid URL (IDNA, IPv6 without brackets)."""
+    return urls.host(url)
+
+
+def url_key(url: str) -> str:
+    """What two URLs are compared by for "already taken": the normalized form (a stored URL that
+    fails today's rule is compared as it is)."""
+    try:
+        return urls.normalized(url)
+    except urls.InvalidUrlError:
+        return url
 
 
 def _subscriptions(value: Any, errors: list[tuple[str, str]]) -> list[str] | None:
