@@ -17,14 +17,27 @@ No clock and no randomness of its own: ``now`` and ``rng`` come in, so the table
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from services.shared.settings import RetrySettings
 
-PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record"})
+PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record",
+                       "invalid_url"})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_DELTA_DIGITS = 10  # about 317 years: more is not a delay but noise (and a 5,000-digit int is slow)
+MAX_RETRY_AFTER_CHARS = 64
+_DELTA = re.compile(rf"[0-9]{{1,{MAX_DELTA_DIGITS}}}")  # [0-9], not \d: ASCII digits only
+_DAY, _MONTH = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)", "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = "[0-9]{2}:[0-9]{2}:[0-9]{2}"
+_HTTP_DATES = (
+    re.compile(rf"{_DAY}, [0-9]{{2}} {_MONTH} [0-9]{{4}} {_TIME} GMT"),  # IMF-fixdate
+    re.compile(rf"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), [0-9]{{2}}-{_MONTH}-[0-9]{{2}} "
+               rf"{_TIME} GMT"),  # RFC 850
+    re.compile(rf"{_DAY} {_MONTH} (?:[0-9]{{2}}| [0-9]) {_TIME} [0-9]{{4}}"),  # asctime
+)
 # The worker did not call the endpoint: a retriable failure (it counts against the schedule).
 SKIPPED = frozenset({"circuit_open", "webhook_backlog", "subscriptions_behind"})
 
@@ -117,17 +130,23 @@ def next_step(result: AttemptResult, attempt: int, schedule: RetrySchedule, now:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date in any of RFC 9110's three
-    formats); None if invalid."""
-    if not value:
+    """Seconds to wait from a ``Retry-After`` value, or ``None`` (then the schedule applies). Never raises.
+
+    Only RFC 9110's two forms count: delta-seconds as ASCII digits (at most ``MAX_DELTA_DIGITS``), or an
+    HTTP date in one of its three formats (IMF-fixdate, RFC 850, asctime). Anything else (``1e3``, ``-1``,
+    ``1.5``, surrounding spaces, other scripts' digits such as ``²`` or ``٣``, a 5,000-digit number, a
+    date out of range) is ignored."""
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
         return None
-    value = value.strip()
-    if value.isdigit():
+    if _DELTA.fullmatch(value):
         return float(value)
+    if not any(form.fullmatch(value) for form in _HTTP_DATES):
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # asctime() format: RFC 9110 dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # asctime() format (no zone) or "-0000": RFC 9110 dates are GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    return max(0.0, seconds)
