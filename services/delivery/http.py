@@ -6,8 +6,11 @@ no cookies kept between receivers, no proxy from the environment. The network gu
 connect time: ``GuardedResolver`` checks every address a name resolves to (after DNS, on the
 connection actually made), and IP-literal hosts, which aiohttp never resolves, are checked here.
 
-Every failure becomes an ``AttemptResult`` with a bounded error class (``classify``); an error this
-module does not know propagates and crashes the worker.
+The URL is checked by the one rule the API also applies (``services.shared.urls``): one that fails it
+is an ``invalid_url`` result (permanent). Every transport failure becomes an ``AttemptResult`` with a
+bounded error class (``classify``) and a message naming only the error's type, errno and host
+(``describe``: never the URL). An error this module does not know propagates to the worker, which
+makes it the attempt's ``internal`` failure.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import aiohttp
 from yarl import URL
 
 from services.delivery.policy import RETRY_AFTER_STATUSES, AttemptResult, parse_retry_after
+from services.shared import urls
 from services.shared.errors import BlockedDestinationError, TransportError
 from services.shared.netguard import GuardedResolver, NetworkGuard, parse_ip
 from services.shared.settings import HttpSettings
@@ -67,20 +71,44 @@ def classify(exc: BaseException) -> str:
     return "client_error" if isinstance(exc, aiohttp.ClientError) else "os_error"
 
 
-def _message(exc: BaseException) -> str:
-    """A bounded message that never repeats the URL (its path or query may carry a customer's token)."""
-    if isinstance(exc, aiohttp.InvalidURL):
-        text = "invalid URL"
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        text = f"{exc.status}: {exc.message}"
-    else:
-        text = str(exc) or type(exc).__name__
-    return text[:MESSAGE_LIMIT]
+def describe(exc: BaseException, host: str) -> str:
+    """The error's type, errno and host, and nothing else: never the URL (its credentials, path or query
+    may carry a customer's token, and exception texts repeat it, e.g. ``Can not write request body for <url>``).
+    The pipeline's own errors (network guard) are written to name the host only and are kept as they are."""
+    if isinstance(exc, TransportError | BlockedDestinationError):
+        return str(exc)[:MESSAGE_LIMIT]
+    parts = [type(exc).__name__]
+    if isinstance(exc, aiohttp.ClientResponseError):
+        parts.append(f"status {exc.status}")
+    code = _errno(exc)
+    if code:
+        parts.append(f"errno {code} ({errno.errorcode.get(code, 'unknown')})")
+    verify = _verify_message(exc)
+    if verify:
+        parts.append(verify)
+    return f"{', '.join(parts)}, host {host}"[:MESSAGE_LIMIT]
 
 
-@lru_cache(maxsize=16384)
-def _url(url: str) -> URL:
-    return URL(url)
+def _errno(exc: BaseException) -> int | None:
+    """The OS error number of ``exc`` or of what caused it."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientConnectorError) and seen.os_error.errno:
+            return int(seen.os_error.errno)
+        if isinstance(seen, OSError) and isinstance(seen.errno, int) and seen.errno:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _verify_message(exc: BaseException) -> str | None:
+    """Why a certificate was refused (``certificate has expired``): names no URL."""
+    cert = exc.certificate_error if isinstance(exc, aiohttp.ClientConnectorCertificateError) else exc
+    if isinstance(cert, ssl.SSLCertVerificationError) and isinstance(cert.verify_message, str):
+        return cert.verify_message[:100]
+    return None
 
 
 @lru_cache(maxsize=256)
@@ -137,7 +165,10 @@ class HttpSender:
                    connect_timeout_s: float | None = None, total_timeout_s: float | None = None) -> AttemptResult:
         """POST ``body`` to ``url``; the outcome (response or classified error), never an exception."""
         assert self._session is not None, "HttpSender not started"
-        target = _url(url)
+        try:
+            target = urls.parse(url)
+        except urls.InvalidUrlError as exc:  # stored before the rule, or changed since: never sendable
+            return AttemptResult(error_class="invalid_url", error_message=f"invalid URL: {exc}")
         reason = self.blocked_literal(target)
         if reason is not None:
             return AttemptResult(error_class="blocked_destination", error_message=f"{target.host}: {reason}")
@@ -155,7 +186,7 @@ class HttpSender:
                 return AttemptResult(status=response.status, retry_after=retry_after, body=excerpt,
                                      duration_s=time.perf_counter() - started)
         except HANDLED as exc:
-            return AttemptResult(error_class=classify(exc), error_message=_message(exc),
+            return AttemptResult(error_class=classify(exc), error_message=describe(exc, target.raw_host or ""),
                                  duration_s=time.perf_counter() - started)
         finally:
             self.requests_in_flight -= 1
