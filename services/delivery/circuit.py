@@ -7,6 +7,8 @@ success closes the circuit, its failure opens it again.
 
 Auto-disable: a webhook that has failed without a single success for ``disable_after_s`` (as seen
 by this worker since it started) should be disabled; ``record`` says so once.
+
+A webhook deleted or disabled is ``forget``-ten: enabled again, it starts closed with a fresh clock.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ class Circuits:
             state.disable_reported = True
             return True
         return False
+
+    def forget(self, webhook_id: int) -> None:
+        """The webhook was deleted or disabled: its state goes (enabled again, it starts closed)."""
+        state = self._states.pop(webhook_id, None)
+        if state is not None and state.state != CLOSED:
+            self.open_count -= 1
+
+    def tracked(self) -> list[int]:
+        """Webhooks with state (failing now or lately)."""
+        return list(self._states)
 
     def state(self, webhook_id: int) -> str:
         state = self._states.get(webhook_id)

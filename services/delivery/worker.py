@@ -10,7 +10,13 @@ The poll loop never waits on HTTP; records beyond ``max_in_flight`` pause fetchi
 head that is not due pauses its partition until a timer resumes it. On stop (and on revocation of
 partitions) queued records are dropped (uncommitted: redone later), running attempts get
 ``shutdown_grace_s`` to finish, only what completed is committed, and the producer closes last.
-Errors this module does not know crash the worker.
+
+Bounds: at most ``max_in_flight`` records and ``max_in_flight_bytes`` of them held (fetching pauses
+at either); a retry tier's record is held at most its tier delay times (1 + jitter) past when it
+was written (or past now, if its timestamp is ahead of this clock), whatever its due-time header
+says. An unexpected error while handling one record is that record's failed attempt (class
+``internal``: retried by the schedule, dead-lettered in the end), counted and logged with its type,
+never the process's. What breaks the loop itself, or a broker that does not acknowledge, stops it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +44,7 @@ from services.delivery.policy import Ack, AttemptResult, DeadLetter, Retry, Retr
 from services.delivery.signing import request_headers
 from services.delivery.tiers import DueGate
 from services.shared import headers as h
-from services.shared import kafka
+from services.shared import kafka, urls
 from services.shared import logging as logs
 from services.shared.deliveries import DeliveryMeta
 from services.shared.errors import KafkaUnavailableError
@@ -55,6 +62,8 @@ COMMIT_EVERY = 200  # completions: commit sooner under load (fewer redone after 
 RESUME_AT = 0.75  # of max_in_flight: backpressure lifts below this
 SYNC_TIMEOUT_S = 5.0
 FETCH_BYTES = 1024 * 1024  # per partition and fetch: bounds what the consumer buffers beside max_in_flight
+INTERNAL = "internal"  # error class of an unexpected error while handling one record
+HOLD_SLACK_S = 0.01  # due times travel with millisecond resolution: never cap a hold below its due time
 
 
 @dataclass(slots=True, eq=False)
@@ -71,6 +80,12 @@ class Job:
     webhook_id: int
     meta: DeliveryMeta
     fetched_at: float
+    size: int  # bytes held: value, key and headers
+
+
+def _size(record: Any) -> int:
+    headers = sum(len(name) + len(value or b"") for name, value in record.headers or ())
+    return len(record.value or b"") + len(record.key or b"") + headers
 
 
 _NAMES: dict[str, str] = {}
@@ -100,6 +115,11 @@ class DeliveryWorker:
         self._tiers = {name: format_delay(delay) for name, delay in self._topics.retry_topics.items()}
         d = settings.delivery
         self._max_in_flight = d.max_in_flight
+        self._max_in_flight_bytes = d.max_in_flight_bytes
+        # How long past its write a record of each input topic may be held: its tier's delay times (1 + jitter).
+        longest = max(self._topics.retry_topics.values(), default=0.0)
+        self._max_hold = {topic: self._topics.retry_topics.get(topic, longest) * (1 + self._schedule.jitter)
+                          + HOLD_SLACK_S for topic in self._topics.delivery_inputs}
         self._backlog_s = d.per_webhook_backlog_s
         self._circuits = Circuits(settings.circuit.failure_threshold, settings.circuit.open_s,
                                   d.auto_disable_after_s)
@@ -109,7 +129,9 @@ class DeliveryWorker:
         self._ledger = Ledger()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self.max_in_flight_seen = 0
+        self.max_in_flight_bytes_seen = 0
         self._backpressured = False
         self._ready = False
         self._fatal: BaseException | None = None
@@ -153,7 +175,8 @@ class DeliveryWorker:
             self._gate = DueGate(consumer, self._pauses)
             consumer.subscribe(self._topics.delivery_inputs, listener=_Rebalance(self))
             log.info("delivery.started", group=self.group_id, topics=len(self._topics.delivery_inputs),
-                     max_in_flight=self._max_in_flight, max_concurrency=settings.delivery.max_concurrency)
+                     max_in_flight=self._max_in_flight, max_in_flight_bytes=self._max_in_flight_bytes,
+                     max_concurrency=settings.delivery.max_concurrency)
             ticker = asyncio.create_task(self._tick_loop())
             ticker.add_done_callback(self._task_done)  # if it fails, the worker fails
             try:
@@ -208,7 +231,7 @@ class DeliveryWorker:
     async def _drain(self) -> None:
         """Stop starting, let running attempts finish within the grace period, commit what completed."""
         dropped = self._dispatcher.close()
-        self._in_flight -= len(dropped)
+        self._let_go(dropped)
         if self._gate is not None:
             self._gate.close()
         running = list(self._tasks)
@@ -235,19 +258,23 @@ class DeliveryWorker:
                 self._ledger.add(tp, record.offset).done(record.offset)
                 self.skipped += 1
                 continue
+            size = _size(record)
             try:
                 meta = DeliveryMeta.from_headers(h.to_dict(record.headers))
-            except (KeyError, ValueError) as exc:
-                ledger = self._take(tp, record.offset, None)
-                self._spawn(self._dead_letter_malformed(tp, ledger, record, f"{type(exc).__name__}: {exc}"), tp)
+            except Exception as exc:  # whatever the headers hold, the record is malformed
+                ledger = self._take(tp, record.offset, None, size)
+                self._spawn(self._dead_letter_malformed(tp, ledger, record, f"{type(exc).__name__}: {exc}", size),
+                            tp)
                 continue
             if meta.due_at is not None and meta.due_at > now:
-                self._gate.hold(tp, record.offset, meta.due_at, now)
-                break
-            ledger = self._take(tp, record.offset, meta.due_at)
+                due = min(meta.due_at, self._latest_due(tp.topic, record.timestamp, now))
+                if due > now:
+                    self._gate.hold(tp, record.offset, due, now)
+                    break
+            ledger = self._take(tp, record.offset, meta.due_at, size)
             key = record.key or f"{meta.webhook_id}:-".encode()
             job = Job(tp, record.offset, ledger, key, record.key, record.value, _compact(record.headers),
-                      meta.webhook_id, meta, now)
+                      meta.webhook_id, meta, now, size)
             if self._dispatcher.overloaded(meta.webhook_id, self._backlog_s):
                 self._spawn(self._shed(job), tp)  # a slow webhook may not fill the memory all share
             else:
@@ -255,15 +282,29 @@ class DeliveryWorker:
         if skip is not None and not skip:
             del self._skips[tp]
 
-    def _take(self, tp: TopicPartition, offset: int, due_at: float | None) -> PartitionLedger:
+    def _latest_due(self, topic: str, timestamp_ms: int | None, now: float) -> float:
+        """The latest a record of ``topic`` written at ``timestamp_ms`` can be due: a producer whose clock
+        is ahead (in the due-time header or the timestamp) cannot hold a tier's partition longer."""
+        written = min(timestamp_ms / 1000, now) if timestamp_ms and timestamp_ms > 0 else now
+        return written + self._max_hold.get(topic, 0.0)
+
+    def _take(self, tp: TopicPartition, offset: int, due_at: float | None, size: int) -> PartitionLedger:
         ledger = self._ledger.add(tp, offset, due_at)
         self._in_flight += 1
+        self._in_flight_bytes += size
         self.max_in_flight_seen = max(self.max_in_flight_seen, self._in_flight)
+        self.max_in_flight_bytes_seen = max(self.max_in_flight_bytes_seen, self._in_flight_bytes)
         return ledger
 
-    def _finish(self, ledger: PartitionLedger, offset: int) -> None:
+    def _let_go(self, jobs: list[Job]) -> None:
+        """Queued jobs dropped (not done, not committed: redone by whoever reads them next)."""
+        self._in_flight -= len(jobs)
+        self._in_flight_bytes -= sum(job.size for job in jobs)
+
+    def _finish(self, ledger: PartitionLedger, offset: int, size: int) -> None:
         ledger.done(offset)
         self._in_flight -= 1
+        self._in_flight_bytes -= size
         self._completed += 1
         if self._completed == COMMIT_EVERY:
             self._commit_due.set()
@@ -290,8 +331,23 @@ class DeliveryWorker:
     # --- one delivery ------------------------------------------------------------------------
     async def _deliver(self, job: Job) -> None:
         started_at = time.time()
-        result = await self._attempt(job, started_at)
+        try:
+            result = await self._attempt(job, started_at)
+        except Exception as exc:  # an error of this record, never of the process
+            result = self._internal(job, exc)
         await self._conclude(job, result, started_at)
+
+    def _internal(self, job: Job, exc: Exception) -> AttemptResult:
+        """An unexpected error while handling ``job``: its failed attempt (class ``internal``), counted and
+        logged with the exception's type and where it was raised; its text without any URL."""
+        self._metrics.internal_errors.labels(stage="delivery").inc()
+        webhook = self._table.get(job.webhook_id)
+        message = urls.redact(f"{type(exc).__name__}: {exc}", webhook.url if webhook is not None else "")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} {frames[-1].name}" if frames else None
+        log.error("delivery.internal_error", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
+                  attempt=job.meta.attempt, error_type=type(exc).__name__, where=where)
+        return AttemptResult(error_class=INTERNAL, error_message=message[:300])
 
     async def _shed(self, job: Job) -> None:
         """Too many records of this webhook wait already: a failed attempt, to its next retry tier."""
@@ -301,8 +357,26 @@ class DeliveryWorker:
         await self._conclude(job, result, time.time(), dispatched=False)
 
     async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *, dispatched: bool = True) -> None:
-        """Next step of an attempt: disable, attempt log and retry/DLQ record acknowledged, then done."""
+        """Next step of an attempt: disable, attempt log and retry/DLQ record acknowledged, then done.
+        If that fails for this record (not for the broker), the record's attempt is ``internal`` instead."""
         now = time.time()
+        try:
+            acks = await self._settle(job, result, started_at, now)
+        except Exception as exc:
+            if isinstance(exc, KafkaUnavailableError) or result.error_class == INTERNAL:
+                raise
+            result = self._internal(job, exc)
+            acks = await self._settle(job, result, started_at, now)
+        if dispatched:
+            if result.sent:
+                self._dispatcher.observe(job.meta.webhook_id, result.ok, result.duration_s)
+            self._dispatcher.release(job)
+        await self._acknowledged(acks)
+        self._finish(job.ledger, job.offset, job.size)
+
+    async def _settle(self, job: Job, result: AttemptResult, started_at: float,
+                      now: float) -> list[asyncio.Future[Any]]:
+        """The step after ``result``, its side effects; the acknowledgements to await."""
         meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
         if isinstance(step, DeadLetter) and step.disable:
@@ -311,13 +385,8 @@ class DeliveryWorker:
             since = self._circuits.failing_since(meta.webhook_id) or now
             await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
-        if dispatched:
-            if result.sent:
-                self._dispatcher.observe(meta.webhook_id, result.ok, result.duration_s)
-            self._dispatcher.release(job)
         self._observe(job, result, step, now)
-        await self._acknowledged(acks)
-        self._finish(job.ledger, job.offset)
+        return acks
 
     async def _attempt(self, job: Job, started_at: float) -> AttemptResult:
         meta = job.meta
@@ -330,6 +399,8 @@ class DeliveryWorker:
                                      error_message="this worker's subscriptions table is behind the topic; "
                                                    "the webhook's state could not be confirmed")
             webhook = self._table.get(meta.webhook_id)
+        if webhook is None or not webhook.enabled:
+            self._circuits.forget(meta.webhook_id)
         if webhook is None:
             return AttemptResult(error_class="webhook_deleted", error_message=f"webhook {meta.webhook_id} was deleted")
         if not webhook.enabled:
@@ -390,7 +461,7 @@ class DeliveryWorker:
             raise KafkaUnavailableError(f"no produce acknowledgement within {timeout}s") from exc
 
     async def _dead_letter_malformed(self, tp: TopicPartition, ledger: PartitionLedger, record: Any,
-                                     error: str) -> None:
+                                     error: str, size: int) -> None:
         assert self._producer is not None
         now = time.time()
         headers = h.replace(record.headers or [], {h.DLQ_REASON: "malformed_record", h.LAST_ERROR: error[:300],
@@ -400,7 +471,7 @@ class DeliveryWorker:
         ack = await self._producer.send(self._topics.dlq, value=record.value, key=record.key, headers=headers)
         await self._acknowledged([ack])
         self._metrics.dead_letters.labels("malformed_record").inc()
-        self._finish(ledger, record.offset)
+        self._finish(ledger, record.offset, size)
 
     def _observe(self, job: Job, result: AttemptResult, step: Step, now: float) -> None:
         meta, m, child = job.meta, self._metrics, self._child
@@ -475,16 +546,18 @@ class DeliveryWorker:
 
     # --- flow control --------------------------------------------------------------------------
     def _check_backpressure(self) -> None:
-        if self._backpressured or self._in_flight < self._max_in_flight:
+        if self._backpressured or (self._in_flight < self._max_in_flight
+                                   and self._in_flight_bytes < self._max_in_flight_bytes):
             return
         assert self._consumer is not None and self._pauses is not None
         self._backpressured = True
         for tp in self._consumer.assignment():
             self._pauses.add(tp, BACKPRESSURE)
-        log.info("delivery.backpressure", in_flight=self._in_flight)
+        log.info("delivery.backpressure", in_flight=self._in_flight, in_flight_bytes=self._in_flight_bytes)
 
     def _maybe_relieve(self) -> None:
-        if not self._backpressured or self._in_flight > self._max_in_flight * RESUME_AT:
+        if not self._backpressured or self._in_flight > self._max_in_flight * RESUME_AT \
+                or self._in_flight_bytes > self._max_in_flight_bytes * RESUME_AT:
             return
         assert self._pauses is not None
         self._backpressured = False
@@ -543,7 +616,7 @@ class DeliveryWorker:
         for tp in revoked:
             self._skips.pop(tp, None)
         dropped = self._dispatcher.drop(lambda job: job.tp in revoked)
-        self._in_flight -= len(dropped)
+        self._let_go(dropped)
         self._maybe_relieve()
         running = [task for task, tp in self._tasks.items() if tp in revoked]
         budget = min(self._settings.delivery.shutdown_grace_s, self._settings.kafka.rebalance_timeout_ms / 2000)
@@ -584,6 +657,7 @@ class DeliveryWorker:
         assert consumer is not None and self._pauses is not None and self._sender is not None
         m.in_flight.set(self._in_flight)
         m.requests_in_flight.set(self._sender.requests_in_flight)
+        self._forget_circuits()
         m.circuits_open.set(self._circuits.open_count)
         m.paused_partitions.set(self._pauses.count())
         depth = dict.fromkeys(self._tiers.values(), 0)
@@ -604,6 +678,14 @@ class DeliveryWorker:
         for tier in depth:
             m.retry_tier_depth.labels(tier).set(depth[tier])
             m.retry_tier_behind.labels(tier).set(behind[tier])
+
+    def _forget_circuits(self) -> None:
+        """Drop the circuit state of webhooks deleted or disabled since: a webhook enabled again starts
+        closed, with a fresh auto-disable clock."""
+        for webhook_id in self._circuits.tracked():
+            webhook = self._table.get(webhook_id)
+            if webhook is None or not webhook.enabled:
+                self._circuits.forget(webhook_id)
 
     def _remove_lag(self, tp: TopicPartition) -> None:
         with contextlib.suppress(KeyError):

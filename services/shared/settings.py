@@ -177,6 +177,11 @@ class DeliverySettings(BaseModel):
     max_in_flight: int = Field(
         10_000, ge=1, description="Records a worker holds in memory; past it, fetching pauses."
     )
+    max_in_flight_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Bytes of records (value, key, headers) a worker holds in "
+        "memory; past it, fetching pauses, as past `max_in_flight` records. One fetch (up to 1 MiB per partition) "
+        "may go beyond it.",
+    )
     max_concurrency: int = Field(512, ge=1, description="Concurrent HTTP requests per worker process.")
     per_webhook_concurrency: int = Field(
         10, ge=1, description="Bulkhead: concurrent requests to one webhook per worker."
