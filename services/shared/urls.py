@@ -85,7 +85,7 @@ def parse(url: str) -> URL:
         scheme = target.scheme
         host = target.raw_host
         _ = target.port
-    except (ValueError, TypeError):  # UnicodeError is a ValueError
+    except Exception:  # ValueError mostly; yarl 1.25 raises IndexError for "http://[]@"
         raise InvalidUrlError("not a URL the HTTP client can parse") from None
     if scheme not in SCHEMES:
         raise InvalidUrlError("scheme is not http or https")
@@ -112,7 +112,8 @@ def normalized(url: str) -> str:
     """The form two URLs are compared in: ``HTTP://Hooks.Example.com:80/a`` and ``http://hooks.example.com/a``
     are the same webhook. yarl lower-cases scheme and host, encodes the host in IDNA and drops a default port;
     the fragment (never sent) is dropped; path, query and credentials stay as given."""
-    return str(parse(url).with_fragment(None))
+    target = parse(url).with_fragment(None)
+    return str(target.with_path(target.raw_path, keep_query=True, encoded=True))  # "https://h" is "https://h/"
 
 
 _ANY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
