@@ -63,6 +63,7 @@ RESUME_AT = 0.75  # of max_in_flight: backpressure lifts below this
 SYNC_TIMEOUT_S = 5.0
 FETCH_BYTES = 1024 * 1024  # per partition and fetch: bounds what the consumer buffers beside max_in_flight
 INTERNAL = "internal"  # error class of an unexpected error while handling one record
+SIZE_WEIGHT = 0.1  # of the newest record in the moving average of record sizes
 HOLD_SLACK_S = 0.01  # due times travel with millisecond resolution: never cap a hold below its due time
 
 
@@ -130,6 +131,7 @@ class DeliveryWorker:
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
         self._in_flight_bytes = 0
+        self._record_size = 0.0  # moving average of the records taken in, to size fetches
         self.max_in_flight_seen = 0
         self.max_in_flight_bytes_seen = 0
         self._backpressured = False
@@ -208,8 +210,7 @@ class DeliveryWorker:
         failing = asyncio.ensure_future(self._failed.wait())
         try:
             while not stop.is_set() and self._fatal is None:
-                room = max(1, self._max_in_flight - self._in_flight)
-                fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_MS, max_records=room))
+                fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_MS, max_records=self._room()))
                 await asyncio.wait({fetch, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
                     fetch.cancel()
@@ -253,6 +254,10 @@ class DeliveryWorker:
         assert self._gate is not None
         skip = self._skips.get(tp)
         for record in batch:
+            if self._full():  # the rest is fetched again once backpressure lifts
+                assert self._consumer is not None
+                self._consumer.seek(tp, record.offset)
+                break
             if skip and record.offset in skip:  # completed before a crash or rebalance (commit metadata)
                 skip.discard(record.offset)
                 self._ledger.add(tp, record.offset).done(record.offset)
@@ -282,6 +287,13 @@ class DeliveryWorker:
         if skip is not None and not skip:
             del self._skips[tp]
 
+    def _room(self) -> int:
+        """Records to fetch at most: what fits under both budgets (bytes estimated from the records seen)."""
+        room = self._max_in_flight - self._in_flight
+        if self._record_size:
+            room = min(room, int((self._max_in_flight_bytes - self._in_flight_bytes) // self._record_size))
+        return max(1, room)
+
     def _latest_due(self, topic: str, timestamp_ms: int | None, now: float) -> float:
         """The latest a record of ``topic`` written at ``timestamp_ms`` can be due: a producer whose clock
         is ahead (in the due-time header or the timestamp) cannot hold a tier's partition longer."""
@@ -292,6 +304,7 @@ class DeliveryWorker:
         ledger = self._ledger.add(tp, offset, due_at)
         self._in_flight += 1
         self._in_flight_bytes += size
+        self._record_size += (size - self._record_size) * SIZE_WEIGHT
         self.max_in_flight_seen = max(self.max_in_flight_seen, self._in_flight)
         self.max_in_flight_bytes_seen = max(self.max_in_flight_bytes_seen, self._in_flight_bytes)
         return ledger
@@ -362,17 +375,36 @@ class DeliveryWorker:
         now = time.time()
         try:
             acks = await self._settle(job, result, started_at, now)
-        except Exception as exc:
-            if isinstance(exc, KafkaUnavailableError) or result.error_class == INTERNAL:
-                raise
-            result = self._internal(job, exc)
-            acks = await self._settle(job, result, started_at, now)
+        except KafkaUnavailableError:
+            raise
+        except Exception as exc:  # concluding failed for this record: conclude it as internal
+            acks = await self._settle_internal(job, result, exc, started_at, now)
         if dispatched:
             if result.sent:
                 self._dispatcher.observe(job.meta.webhook_id, result.ok, result.duration_s)
             self._dispatcher.release(job)
         await self._acknowledged(acks)
         self._finish(job.ledger, job.offset, job.size)
+
+    async def _settle_internal(self, job: Job, result: AttemptResult, exc: Exception, started_at: float,
+                               now: float) -> list[asyncio.Future[Any]]:
+        """Settle ``job`` as an ``internal`` failure; if even that fails, dead-letter the record as it is."""
+        if result.error_class != INTERNAL:
+            result = self._internal(job, exc)
+            try:
+                return await self._settle(job, result, started_at, now)
+            except KafkaUnavailableError:
+                raise
+            except Exception as again:
+                exc = again
+        assert self._producer is not None
+        message = (result.error_message or type(exc).__name__)[:300]
+        headers = h.replace(job.headers, {h.DLQ_REASON: INTERNAL, h.LAST_ERROR_CLASS: INTERNAL, h.LAST_ERROR: message,
+                                          h.DLQ_AT: round(now, 3), h.DUE_AT: None})
+        log.error("delivery.dead_lettered_as_is", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
+                  error_type=type(exc).__name__)
+        self._metrics.dead_letters.labels(INTERNAL).inc()
+        return [await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key, headers=headers)]
 
     async def _settle(self, job: Job, result: AttemptResult, started_at: float,
                       now: float) -> list[asyncio.Future[Any]]:
@@ -545,9 +577,11 @@ class DeliveryWorker:
         log.warning("webhook.disabled", webhook_id=webhook_id, account_id=webhook.account_id, reason=reason)
 
     # --- flow control --------------------------------------------------------------------------
+    def _full(self) -> bool:
+        return self._in_flight >= self._max_in_flight or self._in_flight_bytes >= self._max_in_flight_bytes
+
     def _check_backpressure(self) -> None:
-        if self._backpressured or (self._in_flight < self._max_in_flight
-                                   and self._in_flight_bytes < self._max_in_flight_bytes):
+        if self._backpressured or not self._full():
             return
         assert self._consumer is not None and self._pauses is not None
         self._backpressured = True

@@ -74,7 +74,7 @@ class DeliveryMeta:
             event_type=values[h.EVENT_TYPE],
             account_id=values[h.ACCOUNT_ID],
             webhook_id=int(values[h.WEBHOOK_ID]),
-            attempt=int(values.get(h.ATTEMPT) or 1),
+            attempt=_attempt(values.get(h.ATTEMPT)),
             event_time=values.get(h.EVENT_TIME),
             first_attempt_at=_float(values.get(h.FIRST_ATTEMPT_AT)),
             due_at=_float(values.get(h.DUE_AT)),
@@ -82,6 +82,13 @@ class DeliveryMeta:
             last_error=values.get(h.LAST_ERROR),
             replay_id=values.get(h.REPLAY_ID),
         )
+
+
+def _attempt(value: str | None) -> int:
+    attempt = int(value or 1)
+    if attempt < 1:
+        raise ValueError(f"attempt {attempt} is below 1")
+    return attempt
 
 
 def _float(value: str | None) -> float | None:
