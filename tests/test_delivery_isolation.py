@@ -266,6 +266,9 @@ async def test_disabling_a_webhook_drops_its_circuit(kafka_bootstrap: str, recei
             await until(lambda: fresh.delivery_id in {r.headers["webhook-id"] for r in receiver.for_path("/flaky")},
                         "attempt of the delivery after the webhook was enabled again")
             assert worker.ready()
+            # Exported at 0 from the start, so that the alert's increase() sees a first error.
+            registry = s.metrics.registry
+            assert registry.get_sample_value("akece_webhooks_internal_errors_total", {"stage": "delivery"}) == 0
 
 
 async def test_a_due_time_far_ahead_holds_a_tier_partition_only_for_its_delay(settings: Settings,

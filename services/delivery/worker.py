@@ -128,6 +128,7 @@ class DeliveryWorker:
                                                        backlog=d.per_webhook_backlog,
                                                        slow_s=d.per_webhook_slow_s)
         self._ledger = Ledger()
+        self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
         self._in_flight_bytes = 0
@@ -353,7 +354,7 @@ class DeliveryWorker:
     def _internal(self, job: Job, exc: Exception) -> AttemptResult:
         """An unexpected error while handling ``job``: its failed attempt (class ``internal``), counted and
         logged with the exception's type and where it was raised; its text without any URL."""
-        self._metrics.internal_errors.labels(stage="delivery").inc()
+        self._internal_errors.inc()
         webhook = self._table.get(job.webhook_id)
         message = urls.redact(f"{type(exc).__name__}: {exc}", webhook.url if webhook is not None else "")
         frames = traceback.extract_tb(exc.__traceback__)
