@@ -39,7 +39,9 @@ _HTTP_DATES = (
     re.compile(rf"{_DAY} {_MONTH} (?:[0-9]{{2}}| [0-9]) {_TIME} [0-9]{{4}}"),  # asctime
 )
 # The worker did not call the endpoint: a retriable failure (it counts against the schedule).
-SKIPPED = frozenset({"circuit_open", "webhook_backlog", "subscriptions_behind"})
+# ``internal`` (an unexpected error of ours while handling the record) is not the endpoint's failure either:
+# it neither opens the webhook's circuit nor counts in its health.
+SKIPPED = frozenset({"circuit_open", "webhook_backlog", "subscriptions_behind", "internal"})
 
 
 @dataclass(frozen=True, slots=True)
