@@ -22,6 +22,7 @@ from schemas import EVENT_MODELS, EVENT_NAMES
 from schemas.generate import JSON_DIR, schema_id
 from services.delivery import ping, records
 from services.delivery.policy import PERMANENT, AttemptResult, Retry
+from services.delivery.worker import INTERNAL
 from services.replay.ledger import Claim, Run
 from services.router.core import REASONS, IncomingEvent, Invalid, route
 from services.shared import headers as h
@@ -148,7 +149,8 @@ def test_retry_and_dead_letter_headers_are_the_ones_the_worker_writes(doc: Json)
     assert props(local(doc, schema(doc, "RetryHeaders")["allOf"][2])) == retried - first - story
     extra = local(doc, schema(doc, "DeadLetterHeaders")["allOf"][2])
     assert set(extra["properties"]) == dead - first - story
-    assert set(extra["properties"]["akece_dlq_reason"]["enum"]) == {"exhausted", "malformed_record", *PERMANENT}
+    assert set(extra["properties"]["akece_dlq_reason"]["enum"]) == {"exhausted", "malformed_record", INTERNAL,
+                                                                    *PERMANENT}
 
 
 def test_invalid_headers_are_the_ones_the_router_adds(doc: Json) -> None:
