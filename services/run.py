@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.metrics import Metrics
+from services.shared.outage import BrokerLink, RidesOut
 from services.shared.runtime import Supervisor, Worker, run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
@@ -33,26 +34,30 @@ def table_metrics(metrics: Metrics) -> SubscriptionTable.OnChange:
 
 
 def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionTable, store: SubscriptionStore,
-                  metrics: Metrics) -> list[Worker]:
-    workers: list[Worker] = [table]
-    if "api" in roles:
+                  metrics: Metrics, link: BrokerLink) -> list[Worker]:
+    """The link first, then the table and the roles; what reads Kafka rides out its outages."""
+    workers: list[Worker] = [link, RidesOut(table, link)]
+    if "api" in roles:  # serves through an outage: reads from the table, writes refused with 503
         from services.admin.app import ApiWorker
 
         workers.append(ApiWorker(settings, table, store, metrics))
     if "router" in roles:
         from services.router.worker import RouterWorker
 
-        workers.append(RouterWorker(settings, table, metrics))
+        workers.append(RidesOut(RouterWorker(settings, table, metrics), link))
     if "delivery" in roles:
         from services.delivery.worker import DeliveryWorker
 
-        workers.append(DeliveryWorker(settings, table, store, metrics))
+        workers.append(RidesOut(DeliveryWorker(settings, table, store, metrics), link))
     return workers
 
 
 async def run_roles(settings: Settings, roles: Sequence[str], *, registry: CollectorRegistry | None = None,
                     stop: asyncio.Event | None = None, install_signals: bool = True) -> int:
-    """Run ``roles`` until a signal (or ``stop``). Returns the process exit code."""
+    """Run ``roles`` until a signal (or ``stop``). Returns the process exit code.
+
+    Starts whether or not Kafka answers: the link starts the store's producer once it does.
+    """
     if "api" in roles:  # refuse bad tokens at once, before waiting for Kafka
         from services.admin.auth import TokenAuthenticator
 
@@ -60,17 +65,20 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
     metrics = Metrics(registry or CollectorRegistry())
     table = SubscriptionTable(settings, on_change=table_metrics(metrics), metrics=metrics)
     producer = kafka.producer(settings)
-    async with kafka.started(producer):
-        store = SubscriptionStore(settings, table, producer)
-        supervisor = Supervisor(
-            build_workers(settings, roles, table, store, metrics), metrics=metrics,
-            metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
-            shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)
-        for worker in supervisor.states:
-            bind = getattr(worker.worker, "bind_health", None)
-            if bind is not None:  # the API serves /healthz and /readyz of the whole process
-                bind(supervisor.states)
+    link = BrokerLink(settings, clients=[producer])
+    store = SubscriptionStore(settings, table, producer, available=link.ready)
+    supervisor = Supervisor(
+        build_workers(settings, roles, table, store, metrics, link), metrics=metrics,
+        metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
+        shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)
+    for worker in supervisor.states:
+        bind = getattr(worker.worker, "bind_health", None)
+        if bind is not None:  # the API serves /healthz and /readyz of the whole process
+            bind(supervisor.states)
+    try:
         return await supervisor.run(install_signals=install_signals)
+    finally:
+        await link.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

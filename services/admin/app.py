@@ -30,7 +30,7 @@ from services.admin.validation import BadRequest, Invalid
 from services.console import add_console
 from services.replay.api import add_replay_routes
 from services.shared import logging as logs
-from services.shared.errors import KafkaUnavailableError
+from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
 from services.shared.metrics import Metrics, status_class
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import WorkerState, health_routes
@@ -44,6 +44,7 @@ AUTH = web.AppKey("auth", TokenAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
 API_PREFIX = "/api/"
 UNAUTHORIZED = "Invalid Access Token"
+RETRY_AFTER_S = 5  # what a write refused while Kafka is unreachable suggests
 NOT_YET_VISIBLE = ("The change was stored but is not yet visible: this instance has not applied it yet. "
                    "Do not repeat it; read it back in a moment")
 
@@ -94,6 +95,10 @@ async def errors(request: web.Request, handler: routes.Handler) -> web.StreamRes
         if exc.key.isdigit():
             body["webhook_id"] = int(exc.key)
         return json_response(body, status=503)
+    except BrokerUnreachableError as exc:  # known before trying: nothing was stored
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except (KafkaUnavailableError, KafkaError, TimeoutError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:300]
         log.warning("api.store_unavailable", method=request.method, error=error)

@@ -11,6 +11,7 @@ from services.delivery.worker import DeliveryWorker
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.metrics import Metrics
+from services.shared.outage import BrokerLink, RidesOut
 from services.shared.runtime import Supervisor, Worker, run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
@@ -67,20 +68,24 @@ class SignalsDone:
         return self._worker.ready()
 
 
-def delivery_workers(table: SubscriptionTable, worker: DeliveryWorker) -> list[Worker]:
-    """The table and the delivery worker, ordered so the table outlives the worker's drain."""
+def delivery_workers(table: SubscriptionTable, worker: DeliveryWorker, link: BrokerLink) -> list[Worker]:
+    """The link, the table and the delivery worker, ordered so the table outlives the worker's drain."""
     done = asyncio.Event()
-    return [TableUntil(table, done), SignalsDone(worker, done)]
+    return [link, RidesOut(TableUntil(table, done), link), SignalsDone(RidesOut(worker, link), done)]
 
 
 async def serve(settings: Settings, *, group_id: str | None = None, until_idle: bool = False) -> int:
+    """Run until a signal (or idle). Starts whether or not Kafka answers, and rides out its outages."""
     metrics = Metrics(CollectorRegistry())
     table = SubscriptionTable(settings, metrics=metrics)
     producer = kafka.producer(settings)
-    async with kafka.started(producer):
-        store = SubscriptionStore(settings, table, producer)
-        worker = DeliveryWorker(settings, table, store, metrics, group_id=group_id, until_idle=until_idle)
-        supervisor = Supervisor(delivery_workers(table, worker), metrics=metrics,
-                                metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
-                                shutdown_deadline=settings.delivery.shutdown_grace_s + SHUTDOWN_MARGIN_S)
+    link = BrokerLink(settings, clients=[producer])
+    store = SubscriptionStore(settings, table, producer, available=link.ready)
+    worker = DeliveryWorker(settings, table, store, metrics, group_id=group_id, until_idle=until_idle)
+    supervisor = Supervisor(delivery_workers(table, worker, link), metrics=metrics,
+                            metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
+                            shutdown_deadline=settings.delivery.shutdown_grace_s + SHUTDOWN_MARGIN_S)
+    try:
         return await supervisor.run()
+    finally:
+        await link.close()

@@ -141,6 +141,8 @@ class DeliveryWorker:
         self._failed = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._commit_due = asyncio.Event()
+        self._commit_failures = 0  # since the last delivery.commit_failed line
+        self._commit_failed_at = -float("inf")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._completed = 0
         self._synced_at = 0.0
@@ -623,10 +625,16 @@ class DeliveryWorker:
             if not points:
                 return
             try:
-                await self._consumer.commit(points)
-            except KafkaError as exc:  # the partitions' new owner redoes what we could not commit
+                await kafka.commit(self._consumer, points)
+            except KafkaError as exc:  # redone: by the partitions' new owner, or by us once the broker is back
                 self._ledger.uncommit(points)
-                log.warning("delivery.commit_failed", error=f"{type(exc).__name__}: {exc}", partitions=len(points))
+                self._commit_failures += 1
+                now = time.monotonic()
+                if now - self._commit_failed_at >= self._settings.kafka.unavailable_log_s:  # once per window
+                    self._commit_failed_at = now
+                    log.warning("delivery.commit_failed", error=f"{type(exc).__name__}: {exc}",
+                                partitions=len(points), failures=self._commit_failures)
+                    self._commit_failures = 0
 
     async def _tick_loop(self) -> None:
         """Commit every COMMIT_INTERVAL_S or COMMIT_EVERY completions, whichever comes first."""

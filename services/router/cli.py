@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from services.router.worker import RouterWorker
 from services.shared import logging as logs
 from services.shared.metrics import Metrics
+from services.shared.outage import BrokerLink, RidesOut
 from services.shared.runtime import Supervisor, Worker, run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
@@ -34,7 +35,7 @@ def router_command(args: argparse.Namespace) -> int:
 class _StopWhenDone:
     """Runs a worker that may finish by itself (``until_idle``), then stops the other workers."""
 
-    def __init__(self, worker: RouterWorker, stop: asyncio.Event) -> None:
+    def __init__(self, worker: Worker, stop: asyncio.Event) -> None:
         self._worker = worker
         self._stop = stop
         self.name = worker.name
@@ -58,7 +59,8 @@ async def run_router(settings: Settings, *, group_id: str | None = None, until_i
     table = SubscriptionTable(settings, metrics=metrics)
     router = RouterWorker(settings, table, metrics, group_id=group_id, until_idle=until_idle,
                           max_records=max_records)
-    workers: list[Worker] = [table, _StopWhenDone(router, stop)]
+    link = BrokerLink(settings)  # starts whether or not Kafka answers, and rides out its outages
+    workers: list[Worker] = [link, RidesOut(table, link), _StopWhenDone(RidesOut(router, link), stop)]
     supervisor = Supervisor(workers, metrics=metrics, metrics_host=settings.metrics.host,
                             metrics_port=settings.metrics.port,
                             shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
 
 from services.router.core import (
     IncomingEvent,
@@ -314,9 +314,10 @@ class RouterWorker:
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under us: the new owner re-routes from the last commit (same ids).
+            await kafka.commit(consumer, offsets)
+        except (KafkaError, IllegalStateError) as exc:
+            # The group rebalanced under us, or the broker is away: whoever owns the partitions next
+            # re-routes from the last commit (same ids); a later batch's commit supersedes this one.
             log.warning("router.commit_failed", error=f"{type(exc).__name__}: {exc}",
                         partitions=sorted(tp.partition for tp in offsets))
 

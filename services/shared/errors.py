@@ -3,6 +3,7 @@
     AkeceError
     ├── ConfigError                 permanent: fix the settings
     ├── KafkaUnavailableError       retriable: the broker is down or unreachable
+    │   └── BrokerUnreachableError  retriable: refused at once, the broker is known to be away
     ├── ValidationError             permanent: the input is wrong (names the field)
     └── DeliveryError               an attempt failed; ``retriable`` says what to do
         ├── HttpStatusError         retriable unless 410 Gone; carries status, Retry-After, body excerpt
@@ -23,6 +24,10 @@ class ConfigError(AkeceError):
 
 class KafkaUnavailableError(AkeceError):
     retriable = True
+
+
+class BrokerUnreachableError(KafkaUnavailableError):
+    """Nothing was attempted: the process knows the broker is away (its probes fail)."""
 
 
 class ValidationError(AkeceError):

@@ -16,14 +16,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from services.shared import logging as logs
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.kafka_security import bootstrap_failures, client_options, explain
 from services.shared.settings import Settings
 from services.shared.topics import TopicSpec, topic_specs
 
+log = logs.get("kafka")
+
 TOPIC_ALREADY_EXISTS = 36
+CLOSE_TIMEOUT_S = 5.0
+COMMIT_TIMEOUT_S = 5.0
 
 
 def connection(settings: Settings) -> dict[str, Any]:
@@ -69,9 +74,30 @@ def admin(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**connection(settings))
 
 
-async def _close(client: Any) -> None:
-    """Producers and consumers ``stop()``; the admin client ``close()``s."""
-    await (client.stop() if hasattr(client, "stop") else client.close())
+async def close(client: Any, timeout: float = CLOSE_TIMEOUT_S) -> None:
+    """Stop a producer/consumer (``stop``) or admin client (``close``), bounded: a producer flushes
+    its pending batches first, which lasts until they expire while the broker is away."""
+    closing = client.stop() if hasattr(client, "stop") else client.close()
+    try:
+        await asyncio.wait_for(closing, timeout)
+    except TimeoutError:
+        log.warning("kafka.close_timeout", client=type(client).__name__, timeout_s=timeout)
+        sender = getattr(client, "_sender", None)
+        inner = getattr(client, "client", None) or getattr(client, "_client", None)
+        if sender is not None:  # what stop() would have done after the flush
+            await sender.close()
+        if inner is not None:
+            await inner.close()
+
+
+async def commit(consumer_: AIOKafkaConsumer, offsets: dict[TopicPartition, Any],
+                 timeout: float = COMMIT_TIMEOUT_S) -> None:
+    """Commit ``offsets``, bounded: without a reachable group coordinator aiokafka retries a commit
+    forever. A commit not acknowledged in time raises ``KafkaTimeoutError`` (a ``KafkaError``)."""
+    try:
+        await asyncio.wait_for(consumer_.commit(offsets), timeout)
+    except TimeoutError as exc:
+        raise KafkaTimeoutError(f"commit not acknowledged within {timeout:g}s") from exc
 
 
 async def start(client: Any) -> None:
@@ -81,7 +107,7 @@ async def start(client: Any) -> None:
         try:
             await client.start()
         except (KafkaError, OSError) as exc:
-            await _close(client)
+            await close(client)
             reason = explain(exc, failures, client_protocol(client))
             raise KafkaUnavailableError(f"cannot reach Kafka at {client_bootstrap(client)}: {reason}") from exc
 
@@ -93,7 +119,7 @@ async def started(client: Any) -> AsyncIterator[Any]:
     try:
         yield client
     finally:
-        await _close(client)
+        await close(client)
 
 
 def client_bootstrap(client: Any) -> str:

@@ -39,6 +39,7 @@ class WorkerState:
         self.worker = worker
         self.alive = False
         self.error: str | None = None
+        self.crash: BaseException | None = None
 
 
 def health_routes(app: web.Application, states: Sequence[WorkerState], registry: CollectorRegistry,
@@ -117,6 +118,7 @@ class Supervisor:
             await state.worker.run(self.stop)
         except BaseException as exc:
             state.error = f"crashed: {type(exc).__name__}: {exc}"
+            state.crash = exc
             log.error("worker.crashed", worker=role, error=state.error)
             self.stop.set()
             raise
@@ -147,8 +149,10 @@ class Supervisor:
             failures.extend(crashed.exceptions)
         finally:
             await runner.cleanup()
+        crashes = [state.crash for state in self.states]
         for exc in failures:
-            log.error("supervisor.failed", error=f"{type(exc).__name__}: {exc}")
+            if not any(exc is crash for crash in crashes):  # a worker's crash is logged once, as worker.crashed
+                log.error("supervisor.failed", error=f"{type(exc).__name__}: {exc}")
         return 1 if failures else 0
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:

@@ -60,6 +60,15 @@ class KafkaSettings(BaseModel):
     rebalance_timeout_ms: int = Field(
         60_000, ge=1000, description="Consumer rebalance timeout; above the drain budget of a revocation."
     )
+    unavailable_exit_s: float | None = Field(
+        None, gt=0, description="Long-running roles ride out an unreachable broker (retrying with capped backoff, "
+        "not ready meanwhile); after this many seconds without it they exit non-zero instead, for an orchestrator "
+        "to restart them. Unset: never exit.",
+    )
+    unavailable_log_s: float = Field(
+        60.0, gt=0, description="While the broker is unreachable, at most one log line per this many seconds "
+        "(with the count of tries), besides one when it is lost and one when it is back.",
+    )
     events_retention_ms: int = Field(
         7 * 24 * 3600 * 1000, description="Retention of the events topic (recover reads from it)."
     )

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from services.shared import kafka
 from services.shared import logging as logs
-from services.shared.errors import KafkaUnavailableError
+from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.topics import Topics
@@ -266,7 +266,11 @@ class SubscriptionTable:
 
     # --- following the topic -----------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Catch up with the topic, mark ready, then follow it until ``stop``."""
+        """Catch up with the topic, mark ready, then follow it until ``stop``.
+
+        Run again (after a Kafka outage), it resumes from what it applied instead of the beginning.
+        """
+        self._stopped = False
         consumer = kafka.consumer(self._settings, group_id=None, auto_offset_reset="earliest",
                                   max_poll_records=5000, fetch_max_wait_ms=100)
         async with kafka.started(consumer):
@@ -304,6 +308,9 @@ class SubscriptionTable:
                 f"topic {self._topic} does not exist: run `akece-webhooks topics ensure`")
         consumer.assign(list(ends))
         await consumer.seek_to_beginning(*ends)
+        for tp in ends:  # a restarted run: what was applied stays applied
+            if self._applied.get(tp.partition):
+                consumer.seek(tp, self._applied[tp.partition])
         return {tp.partition: offset for tp, offset in ends.items()}
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
@@ -315,7 +322,10 @@ class SubscriptionStore:
     """Writes webhook records to the compacted topic and waits until the local table has them."""
 
     def __init__(self, settings: Settings, table: SubscriptionTable, producer: AIOKafkaProducer, *,
-                 apply_timeout_s: float = APPLY_TIMEOUT_S) -> None:
+                 apply_timeout_s: float = APPLY_TIMEOUT_S, available: Callable[[], bool] | None = None) -> None:
+        """``available``: whether the broker answers now (``BrokerLink.ready``); while it does not,
+        writes fail at once instead of waiting ``send_timeout_s`` for an acknowledgement."""
+        self._available = available
         self._settings = settings
         self._table = table
         self._producer = producer
@@ -330,6 +340,8 @@ class SubscriptionStore:
         await self._write(str(webhook_id).encode(), None)
 
     async def _write(self, key: bytes, value: bytes | None) -> None:
+        if self._available is not None and not self._available():
+            raise BrokerUnreachableError("Kafka is unreachable: the change was not stored; try again later")
         meta = await kafka.send(self._producer, self._topic, value, key=key, headers=[],
                                 timeout=self._settings.kafka.send_timeout_s)
         try:
