@@ -66,6 +66,12 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError | OSError)
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, once (aiokafka's messages already start with their type)."""
+    name, text = type(exc).__name__, str(exc)
+    return (text if text.startswith(name) else f"{name}: {text}")[:300]
+
+
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
     """Wait for ``event`` at most ``timeout`` seconds. True if it is set."""
     with contextlib.suppress(TimeoutError):
@@ -120,7 +126,7 @@ class BrokerLink:
 
     def lost(self, worker: str, exc: BaseException) -> None:
         """A worker failed with a Kafka error: probe now (it counts as a try of this outage)."""
-        self._error = f"{worker}: {type(exc).__name__}: {exc}"[:300]
+        self._error = f"{worker}: {describe(exc)}"
         if self._down_since is not None:
             self._tries += 1
             self._window_tries += 1
@@ -160,7 +166,7 @@ class BrokerLink:
                 await asyncio.wait_for(pending.start(), self._timeout)
                 self._started.append(pending)
         except (KafkaError, OSError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+            return describe(exc)
         finally:
             await client.close()
         return None
@@ -202,9 +208,9 @@ class BrokerLink:
         return min(delay, self._exit_after - down)
 
     async def close(self) -> None:
-        """Stop the shared clients this link started (after the workers that use them)."""
-        started, self._started = self._started, []
-        for client in reversed(started):
+        """Close the shared clients, started or not (after the workers that use them)."""
+        clients, self._clients, self._started = self._clients, [], []
+        for client in reversed(clients):
             await kafka.close(client)
 
 
@@ -276,7 +282,7 @@ class RidesOut:
         if self._logged_at is not None and now - self._logged_at < self._link.window_s:
             return
         self._logged_at = now
-        log.warning("worker.restarting", worker=self.name, error=f"{type(exc).__name__}: {exc}"[:300],
+        log.warning("worker.restarting", worker=self.name, error=describe(exc),
                     restarts=self.restarts)
 
 
