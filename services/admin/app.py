@@ -42,6 +42,7 @@ log = logs.get("admin")
 TABLE = web.AppKey("table", SubscriptionTable)
 AUTH = web.AppKey("auth", TokenAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", SubscriptionStore)
 API_PREFIX = "/api/"
 UNAUTHORIZED = "Invalid Access Token"
 RETRY_AFTER_S = 5  # what a write refused while Kafka is unreachable suggests
@@ -129,7 +130,11 @@ async def authenticate(request: web.Request, handler: routes.Handler) -> web.Str
     if principal is None:
         return _error(401, UNAUTHORIZED)
     if not request.app[TABLE].ready():
-        return _error(503, "The subscription table is still loading; try again")
+        if request.app[STORE].available():
+            return _error(503, "The subscription table is still loading; try again")
+        response = _error(503, "Kafka is unreachable: the subscription table cannot load; try again later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     request[PRINCIPAL] = principal
     return await handler(request)
 
@@ -153,6 +158,7 @@ def create_app(settings: Settings, table: SubscriptionTable, store: Subscription
     app[SERVICE] = WebhookService(table, store, guard, secret_overlap_s=settings.api.secret_overlap_s,
                                   clock=clock, max_webhooks=settings.api.max_webhooks_per_account)
     app[TABLE] = table
+    app[STORE] = store
     app[AUTH] = auth
     app[METRICS] = metrics
     routes.add_routes(app)

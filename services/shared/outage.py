@@ -51,7 +51,7 @@ class Backoff:
     return together."""
 
     initial_s: float = 0.5
-    cap_s: float = 10.0
+    cap_s: float = 5.0
     jitter: float = 0.5
 
     def delay(self, attempt: int, rng: random.Random) -> float:

@@ -332,6 +332,10 @@ class SubscriptionStore:
         self._apply_timeout_s = apply_timeout_s
         self._topic = Topics.from_settings(settings).subscriptions
 
+    def available(self) -> bool:
+        """False while the broker is known to be away: a write would be refused at once."""
+        return self._available is None or self._available()
+
     async def put(self, webhook: Webhook) -> Webhook:
         await self._write(str(webhook.id).encode(), encode_webhook(webhook))
         return webhook
@@ -340,7 +344,7 @@ class SubscriptionStore:
         await self._write(str(webhook_id).encode(), None)
 
     async def _write(self, key: bytes, value: bytes | None) -> None:
-        if self._available is not None and not self._available():
+        if not self.available():
             raise BrokerUnreachableError("Kafka is unreachable: the change was not stored; try again later")
         meta = await kafka.send(self._producer, self._topic, value, key=key, headers=[],
                                 timeout=self._settings.kafka.send_timeout_s)
