@@ -36,7 +36,7 @@ def table_metrics(metrics: Metrics) -> SubscriptionTable.OnChange:
 def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionTable, store: SubscriptionStore,
                   metrics: Metrics, link: BrokerLink) -> list[Worker]:
     """The link first, then the table and the roles; what reads Kafka rides out its outages."""
-    workers: list[Worker] = [link, RidesOut(table, link)]
+    workers: list[Worker] = [link, RidesOut(lambda: table, link)]
     if "api" in roles:  # serves through an outage: reads from the table, writes refused with 503
         from services.admin.app import ApiWorker
 
@@ -44,11 +44,11 @@ def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionT
     if "router" in roles:
         from services.router.worker import RouterWorker
 
-        workers.append(RidesOut(RouterWorker(settings, table, metrics), link))
+        workers.append(RidesOut(lambda: RouterWorker(settings, table, metrics), link))
     if "delivery" in roles:
         from services.delivery.worker import DeliveryWorker
 
-        workers.append(RidesOut(DeliveryWorker(settings, table, store, metrics), link))
+        workers.append(RidesOut(lambda: DeliveryWorker(settings, table, store, metrics), link))
     return workers
 
 

@@ -140,7 +140,8 @@ class Proc:
         async def answered() -> dict[str, Any] | None:
             found = await self.readyz()
             return found[1] if found is not None and found[0] == status else None
-        return await until(answered, timeout, f"{self.name} /readyz {status}")
+        body: dict[str, Any] = await until(answered, timeout, f"{self.name} /readyz {status}")
+        return body
 
     async def stop(self, timeout: float) -> tuple[int, float]:
         """SIGTERM; the exit code and how long the exit took."""

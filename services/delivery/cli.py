@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -68,10 +69,12 @@ class SignalsDone:
         return self._worker.ready()
 
 
-def delivery_workers(table: SubscriptionTable, worker: DeliveryWorker, link: BrokerLink) -> list[Worker]:
+def delivery_workers(table: SubscriptionTable, make_worker: Callable[[], DeliveryWorker],
+                     link: BrokerLink) -> list[Worker]:
     """The link, the table and the delivery worker, ordered so the table outlives the worker's drain."""
     done = asyncio.Event()
-    return [link, RidesOut(TableUntil(table, done), link), SignalsDone(RidesOut(worker, link), done)]
+    following = TableUntil(table, done)
+    return [link, RidesOut(lambda: following, link), SignalsDone(RidesOut(make_worker, link), done)]
 
 
 async def serve(settings: Settings, *, group_id: str | None = None, until_idle: bool = False) -> int:
@@ -81,7 +84,10 @@ async def serve(settings: Settings, *, group_id: str | None = None, until_idle: 
     producer = kafka.producer(settings)
     link = BrokerLink(settings, clients=[producer])
     store = SubscriptionStore(settings, table, producer, available=link.ready)
-    worker = DeliveryWorker(settings, table, store, metrics, group_id=group_id, until_idle=until_idle)
+
+    def worker() -> DeliveryWorker:
+        return DeliveryWorker(settings, table, store, metrics, group_id=group_id, until_idle=until_idle)
+
     supervisor = Supervisor(delivery_workers(table, worker, link), metrics=metrics,
                             metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
                             shutdown_deadline=settings.delivery.shutdown_grace_s + SHUTDOWN_MARGIN_S)

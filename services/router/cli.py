@@ -57,10 +57,13 @@ async def run_router(settings: Settings, *, group_id: str | None = None, until_i
     metrics = Metrics(registry or CollectorRegistry())
     stop = stop or asyncio.Event()
     table = SubscriptionTable(settings, metrics=metrics)
-    router = RouterWorker(settings, table, metrics, group_id=group_id, until_idle=until_idle,
-                          max_records=max_records)
+
+    def router() -> RouterWorker:
+        return RouterWorker(settings, table, metrics, group_id=group_id, until_idle=until_idle,
+                            max_records=max_records)
+
     link = BrokerLink(settings)  # starts whether or not Kafka answers, and rides out its outages
-    workers: list[Worker] = [link, RidesOut(table, link), _StopWhenDone(RidesOut(router, link), stop)]
+    workers: list[Worker] = [link, RidesOut(lambda: table, link), _StopWhenDone(RidesOut(router, link), stop)]
     supervisor = Supervisor(workers, metrics=metrics, metrics_host=settings.metrics.host,
                             metrics_port=settings.metrics.port,
                             shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)

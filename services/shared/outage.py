@@ -221,21 +221,31 @@ class KafkaUnavailableExit(KafkaUnavailableError):
 
 
 class RidesOut:
-    """Runs a worker that needs Kafka; restarts it after a Kafka error, once the broker answers.
+    """Runs a worker that needs Kafka; after a Kafka error, runs a new one once the broker answers.
+
+    ``make`` builds the worker: called once now and again for every restart, so a restart starts
+    from a clean state (the records the failed run held were not committed: the new run redoes
+    them). A worker built to resume (the subscription table) may be returned again.
 
     Ready only while the link is up and the worker is. On stop, a worker that is still starting
     (not ready yet: it holds no records) is cancelled; a running one drains as usual.
     """
 
-    def __init__(self, worker: Worker, link: BrokerLink, *, backoff: Backoff | None = None,
+    def __init__(self, make: Callable[[], Worker], link: BrokerLink, *, backoff: Backoff | None = None,
                  rng: random.Random | None = None) -> None:
-        self.name = worker.name
-        self._worker = worker
+        self._make = make
+        self._worker = make()
+        self.name = self._worker.name
         self._link = link
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()
         self._logged_at: float | None = None
         self.restarts = 0
+
+    @property
+    def worker(self) -> Worker:
+        """The current run's worker."""
+        return self._worker
 
     def ready(self) -> bool:
         return self._link.ready() and self._worker.ready()
@@ -258,6 +268,7 @@ class RidesOut:
                 if await _wait(stop, self._backoff.delay(failures, self._rng)):
                     return
                 self._log_restart(exc)
+                self._worker = self._make()
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         task = asyncio.ensure_future(self._worker.run(stop))
