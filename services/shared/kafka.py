@@ -82,12 +82,29 @@ async def close(client: Any, timeout: float = CLOSE_TIMEOUT_S) -> None:
         await asyncio.wait_for(closing, timeout)
     except TimeoutError:
         log.warning("kafka.close_timeout", client=type(client).__name__, timeout_s=timeout)
-        sender = getattr(client, "_sender", None)
-        inner = getattr(client, "client", None) or getattr(client, "_client", None)
-        if sender is not None:  # what stop() would have done after the flush
-            await sender.close()
-        if inner is not None:
-            await inner.close()
+        await _finish_close(client)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are cancelled ourselves
+        # aiokafka's fetcher.close() re-raises the CancelledError of a fetch it cancelled while that
+        # fetch slept in its retry backoff (so only while the broker is away): finish the stop here
+        await _finish_close(client)
+
+
+async def _finish_close(client: Any) -> None:
+    """What ``stop()`` did not get to: the sender, pending fetches, connections (best effort)."""
+    sender = getattr(client, "_sender", None)
+    if sender is not None:
+        await sender.close()
+    fetcher = getattr(client, "_fetcher", None)
+    pending = list(getattr(fetcher, "_pending_tasks", ()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    inner = getattr(client, "client", None) or getattr(client, "_client", None)
+    if inner is not None:
+        await inner.close()
 
 
 async def commit(consumer_: AIOKafkaConsumer, offsets: dict[TopicPartition, Any],
