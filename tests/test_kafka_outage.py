@@ -319,7 +319,11 @@ async def test_every_role_started_without_the_broker_waits_and_resumes(
 
 async def test_broker_killed_under_load_after_a_worker_restart_loses_nothing(
         tmp_path: Path, up: Broker, receiver: Receiver) -> None:
-    """Also: an idle ``run --role all`` (its own topics) SIGTERMed during that outage stops in time."""
+    """A worker is SIGKILLed mid-load and two start in its place; then the broker is SIGKILLed and
+    restarted, for longer than the group session. One of the two rides the outage out in place (its
+    acknowledgement bound is longer than the outage: its consumer must rejoin the group by itself),
+    the other fails its acknowledgements and is restarted; every delivery arrives. Meanwhile an idle
+    ``run --role all`` (topics of its own) refuses a webhook write at once and stops in time."""
     settings, idle = make_settings(up.bootstrap), make_settings(up.bootstrap)
     total, hooks_n = 900, 3
     async with stack(settings) as s:
@@ -331,24 +335,34 @@ async def test_broker_killed_under_load_after_a_worker_restart_loses_nothing(
     items = [delivery(hooks[n % hooks_n], conversation=n % 60, seq=n) for n in range(total)]
     expected = {item.delivery_id for item in items}
     await produce(settings, items)
-    extra = {"AKECE_DELIVERY_PER_WEBHOOK_CONCURRENCY": "2", "AKECE_DELIVERY_MAX_IN_FLIGHT": "100",
-             "AKECE_KAFKA_SEND_TIMEOUT_S": "4"}
+    load = {"AKECE_DELIVERY_PER_WEBHOOK_CONCURRENCY": "2", "AKECE_DELIVERY_MAX_IN_FLIGHT": "100"}
 
-    async with processes(tmp_path, settings, up.bootstrap, ["deliver"], **extra) as (first,):
+    async with processes(tmp_path, settings, up.bootstrap, ["deliver"], **load) as (first,):
         await receiver.wait_for(100, timeout=60)
         first.process.send_signal(signal.SIGKILL)
         assert await first.process.wait() == -signal.SIGKILL
     async with processes(tmp_path, idle, up.bootstrap, ["run", "--role", "all"]) as (bystander,), \
-            processes(tmp_path, settings, up.bootstrap, ["deliver"], **extra) as (second,):
-        await receiver.wait_for(len(receiver.requests) + 100, timeout=60)  # the restarted worker delivers
-        await bystander.wait_ready(200)
+            processes(tmp_path, settings, up.bootstrap, ["deliver"], **load,
+                      AKECE_KAFKA_SEND_TIMEOUT_S="4") as (restarting,), \
+            processes(tmp_path, settings, up.bootstrap, ["deliver"], **load,
+                      AKECE_KAFKA_SEND_TIMEOUT_S="300") as (riding,):
+        await receiver.wait_for(len(receiver.requests) + 150, timeout=60)  # the new workers deliver
+        for proc in (bystander, restarting, riding):
+            await proc.wait_ready(200)
         at_kill = len(receiver.requests)
         killed_at = time.monotonic()
         await up.kill()
-        await second.wait_ready(503, timeout=15)
-        await bystander.wait_ready(503, timeout=15)
+        for proc in (bystander, restarting, riding):
+            await proc.wait_ready(503, timeout=15)
+
+        asked = time.monotonic()
+        status, body, headers = await api_call(bystander, "POST", "/api/v1/accounts/1/webhooks",
+                                               {"url": receiver.url("/never")})
+        assert status == 503 and body["error"].startswith("Kafka is unreachable: the change was not stored"), body
+        assert headers.get("Retry-After") and time.monotonic() - asked < 2  # at once, not after a send timeout
         code, took = await bystander.stop(timeout=GRACE_S + 15)
         assert code == 0 and took < GRACE_S, (code, took, "\n".join(bystander.stderr()[-40:]))
+
         restarted_at = time.monotonic()
         await up.start()
         outage, broker_start = time.monotonic() - killed_at, time.monotonic() - restarted_at
@@ -358,11 +372,18 @@ async def test_broker_killed_under_load_after_a_worker_restart_loses_nothing(
         async def all_arrived() -> bool:
             return expected <= {r.headers["webhook-id"] for r in receiver.requests}
         await until(all_arrived, 120, "every delivery at the receiver")
-        await second.wait_ready(200, timeout=30)
-        code, _ = await second.stop(timeout=GRACE_S + 15)
-    assert code == 0, second.stderr()
+        for proc in (restarting, riding):
+            await proc.wait_ready(200, timeout=30)
+        codes = [(await proc.stop(timeout=GRACE_S + 15))[0] for proc in (restarting, riding)]
+    assert codes == [0, 0], (restarting.stderr()[-20:], riding.stderr()[-20:])
     seen = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(seen) == expected
+    assert len(restarting.events("delivery.started")) >= 2, "the short acknowledgement bound never restarted a worker"
+    assert len(riding.events("delivery.started")) == 1, "the long acknowledgement bound should ride it out in place"
+    back = riding.events("kafka.available")[0]["timestamp"]
+    assert any(e["timestamp"] > back for e in riding.events("delivery.attempted")), \
+        "the worker that rode the outage out delivered nothing after it: its consumer did not rejoin"
+    commits = {p.name: sum(e["failures"] for e in p.events("delivery.commit_failed")) for p in (restarting, riding)}
     print(f"\nbroker killed after {at_kill} of {total} requests, outage {outage:.1f}s (broker start "
           f"{broker_start:.1f}s), {len(receiver.requests)} requests, {sum(seen.values()) - len(seen)} duplicates, "
-          f"bystander stopped in {took:.2f}s")
+          f"failed commits logged {commits}, bystander stopped in {took:.2f}s")
