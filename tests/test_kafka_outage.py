@@ -265,6 +265,18 @@ async def test_unavailable_exit_s_exits_non_zero_with_one_line(tmp_path: Path) -
         assert proc.stderr() == [], proc.name  # and no client library lines
 
 
+async def test_one_shot_commands_still_fail_fast_with_one_line(tmp_path: Path) -> None:
+    settings = make_settings(dead_address())
+    commands = (["topics", "ensure"], ["webhooks", "list"], ["dlq", "list"], ["status"])
+    async with processes(tmp_path, settings, settings.kafka.bootstrap_servers, *commands) as procs:
+        async with asyncio.timeout(30):
+            codes = [await proc.process.wait() for proc in procs]
+    for proc, code in zip(procs, codes, strict=True):
+        lines = proc.stderr() + [line for line in proc.out.read_text().splitlines() if line.strip()]
+        assert code != 0 and len(lines) == 1, (proc.name, code, lines)
+        assert f"cannot reach Kafka at {settings.kafka.bootstrap_servers}" in lines[0], proc.name
+
+
 async def test_every_role_started_without_the_broker_waits_and_resumes(
         tmp_path: Path, up: Broker, receiver: Receiver) -> None:
     settings = make_settings(up.bootstrap)
