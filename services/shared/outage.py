@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
+from services.shared.kafka_security import bootstrap_failures, explain
 from services.shared.runtime import Worker
 from services.shared.settings import Settings
 
@@ -90,12 +91,13 @@ class BrokerLink:
 
     def __init__(self, settings: Settings, *, clients: Sequence[Any] = (), backoff: Backoff | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        kafka = settings.kafka
-        self.bootstrap = kafka.bootstrap_servers
-        self._client_id = kafka.client_id
-        self._timeout = min(PROBE_TIMEOUT_S, kafka.request_timeout_ms / 1000)
-        self._exit_after = kafka.unavailable_exit_s
-        self.window_s = kafka.unavailable_log_s
+        kafka_ = settings.kafka
+        self.bootstrap = kafka_.bootstrap_servers
+        self._timeout = min(PROBE_TIMEOUT_S, kafka_.request_timeout_ms / 1000)
+        self._settings = settings
+        self._protocol = kafka_.security_protocol
+        self._exit_after = kafka_.unavailable_exit_s
+        self.window_s = kafka_.unavailable_log_s
         self._clients = list(clients)
         self._started: list[Any] = []
         self._backoff = backoff or Backoff()
@@ -157,18 +159,20 @@ class BrokerLink:
                 handler.removeFilter(quiet)
 
     async def _try(self) -> str | None:
-        """One probe (a fresh bootstrap: connect, metadata), then the shared clients. None: it answers."""
-        client = AIOKafkaClient(bootstrap_servers=self.bootstrap, client_id=self._client_id,
-                                request_timeout_ms=int(self._timeout * 1000))
-        try:
-            await asyncio.wait_for(client.bootstrap(), self._timeout)
-            for pending in [c for c in self._clients if c not in self._started]:
-                await asyncio.wait_for(pending.start(), self._timeout)
-                self._started.append(pending)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            return describe(exc)
-        finally:
-            await client.close()
+        """One probe (a fresh bootstrap: connect, metadata), then the shared clients. None: it answers;
+        else why not, in one line (refused, TLS, SASL: ``kafka_security.explain``)."""
+        # built per try: a rotated SASL password file is read again
+        client = AIOKafkaClient(**{**kafka.connection(self._settings), "request_timeout_ms": int(self._timeout * 1000)})
+        with bootstrap_failures() as failures:
+            try:
+                await asyncio.wait_for(client.bootstrap(), self._timeout)
+                for pending in [c for c in self._clients if c not in self._started]:
+                    await asyncio.wait_for(pending.start(), self._timeout)
+                    self._started.append(pending)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                return explain(exc, failures, self._protocol) if failures else describe(exc)
+            finally:
+                await client.close()
         return None
 
     def _mark_up(self) -> None:
