@@ -9,9 +9,9 @@ out, not an error to exit on::
                                      only while it answers; logs once when the broker is lost, at
                                      most once per window meanwhile, once when it is back; exits
                                      the process after ``unavailable_exit_s`` if that is set
-    RidesOut(worker, link)           starts ``worker`` once the link is up; when the worker fails
-                                     with a Kafka error, waits (backoff) for the link and starts
-                                     it again: uncommitted work is redone by the new run
+    RidesOut(make, link)             runs ``make()``'s worker once the link is up; when it fails
+                                     with a Kafka error, waits (backoff) for the link and runs a
+                                     new one: what the failed run did not commit is redone
 
 While the broker is away, aiokafka's own per-retry error lines are dropped (the link's lines
 summarize them); while it answers, each distinct aiokafka line shows at most once per window.
@@ -20,7 +20,6 @@ summarize them); while it answers, each distinct aiokafka line shows at most onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -73,11 +72,14 @@ def describe(exc: BaseException) -> str:
     return (text if text.startswith(name) else f"{name}: {text}")[:300]
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for ``event`` at most ``timeout`` seconds. True if it is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
-    return event.is_set()
+async def _wait_any(events: Sequence[asyncio.Event], timeout: float | None = None) -> None:
+    """Return once one of ``events`` is set, or after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class BrokerLink:
@@ -109,7 +111,6 @@ class BrokerLink:
         self._logged_at = 0.0
         self._tries = 0  # failed tries in this outage
         self._window_tries = 0  # ... since the last line
-        self._error = ""
         self.suppressed = 0  # client library lines dropped while the broker is away
 
     def ready(self) -> bool:
@@ -117,18 +118,12 @@ class BrokerLink:
 
     async def wait_available(self, stop: asyncio.Event) -> bool:
         """Wait until the broker answers. False if ``stop`` came first."""
-        if self._up.is_set():
-            return not stop.is_set()
-        up = asyncio.ensure_future(self._up.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({up, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        up.cancel()
-        stopping.cancel()
+        await _wait_any([self._up, stop])
         return self._up.is_set() and not stop.is_set()
 
     def lost(self, worker: str, exc: BaseException) -> None:
         """A worker failed with a Kafka error: probe now (it counts as a try of this outage)."""
-        self._error = f"{worker}: {describe(exc)}"
+        log.debug("kafka.worker_lost", worker=worker, error=describe(exc))
         if self._down_since is not None:
             self._tries += 1
             self._window_tries += 1
@@ -152,8 +147,7 @@ class BrokerLink:
                     attempt += 1
                     delay = self._mark_down(error, self._backoff.delay(attempt, self._rng))
                 self._wake.clear()
-                stop_or_wake = asyncio.ensure_future(_first_set(stop, self._wake))
-                await _wait_task(stop_or_wake, delay)
+                await _wait_any([stop, self._wake], delay)
         finally:
             for handler in handlers:
                 handler.removeFilter(quiet)
@@ -161,8 +155,8 @@ class BrokerLink:
     async def _try(self) -> str | None:
         """One probe (a fresh bootstrap: connect, metadata), then the shared clients. None: it answers;
         else why not, in one line (refused, TLS, SASL: ``kafka_security.explain``)."""
-        # built per try: a rotated SASL password file is read again
-        client = AIOKafkaClient(**{**kafka.connection(self._settings), "request_timeout_ms": int(self._timeout * 1000)})
+        options = {**kafka.connection(self._settings), "request_timeout_ms": int(self._timeout * 1000)}
+        client = AIOKafkaClient(**options)  # options built per try: a rotated SASL password file is read again
         with bootstrap_failures() as failures:
             try:
                 await asyncio.wait_for(client.bootstrap(), self._timeout)
@@ -187,7 +181,6 @@ class BrokerLink:
         """Record a failed try; log at most once per window; exit past the bound. The next delay."""
         now = self._clock()
         self._up.clear()
-        self._error = error
         if self._down_since is None:
             self._down_since = self._logged_at = now
             self._tries = 1
@@ -269,7 +262,8 @@ class RidesOut:
                 failures = 1 if time.monotonic() - started > HEALTHY_RUN_S else failures + 1
                 self._link.lost(self.name, exc)
                 self.restarts += 1
-                if await _wait(stop, self._backoff.delay(failures, self._rng)):
+                await _wait_any([stop], self._backoff.delay(failures, self._rng))
+                if stop.is_set():
                     return
                 self._log_restart(exc)
                 self._worker = self._make()
@@ -299,22 +293,6 @@ class RidesOut:
         self._logged_at = now
         log.warning("worker.restarting", worker=self.name, error=describe(exc),
                     restarts=self.restarts)
-
-
-async def _first_set(*events: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-
-
-async def _wait_task(task: asyncio.Future[None], timeout: float) -> None:
-    try:
-        await asyncio.wait({task}, timeout=timeout)
-    finally:
-        task.cancel()
 
 
 class _QuietClientLogs(logging.Filter):
