@@ -640,8 +640,9 @@ class DeliveryWorker:
         """Commit every COMMIT_INTERVAL_S or COMMIT_EVERY completions, whichever comes first."""
         gauges_at = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._commit_due.wait(), COMMIT_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for can swallow the stop's cancel
+                async with asyncio.timeout(COMMIT_INTERVAL_S):
+                    await self._commit_due.wait()
             self._commit_due.clear()
             self._completed = 0
             await self._commit()

@@ -77,9 +77,9 @@ def admin(settings: Settings) -> AIOKafkaAdminClient:
 async def close(client: Any, timeout: float = CLOSE_TIMEOUT_S) -> None:
     """Stop a producer/consumer (``stop``) or admin client (``close``), bounded: a producer flushes
     its pending batches first, which lasts until they expire while the broker is away."""
-    closing = client.stop() if hasattr(client, "stop") else client.close()
     try:
-        await asyncio.wait_for(closing, timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            await (client.stop() if hasattr(client, "stop") else client.close())
     except TimeoutError:
         log.warning("kafka.close_timeout", client=type(client).__name__, timeout_s=timeout)
         await _finish_close(client)
@@ -112,7 +112,8 @@ async def commit(consumer_: AIOKafkaConsumer, offsets: dict[TopicPartition, Any]
     """Commit ``offsets``, bounded: without a reachable group coordinator aiokafka retries a commit
     forever. A commit not acknowledged in time raises ``KafkaTimeoutError`` (a ``KafkaError``)."""
     try:
-        await asyncio.wait_for(consumer_.commit(offsets), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            await consumer_.commit(offsets)
     except TimeoutError as exc:
         raise KafkaTimeoutError(f"commit not acknowledged within {timeout:g}s") from exc
 

@@ -159,9 +159,11 @@ class BrokerLink:
         client = AIOKafkaClient(**options)  # options built per try: a rotated SASL password file is read again
         with bootstrap_failures() as failures:
             try:
-                await asyncio.wait_for(client.bootstrap(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await client.bootstrap()
                 for pending in [c for c in self._clients if c not in self._started]:
-                    await asyncio.wait_for(pending.start(), self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        await pending.start()
                     self._started.append(pending)
             except (KafkaError, OSError, TimeoutError) as exc:
                 return explain(exc, failures, self._protocol) if failures else describe(exc)
