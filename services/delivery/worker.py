@@ -349,6 +349,8 @@ class DeliveryWorker:
         started_at = time.time()
         try:
             result = await self._attempt(job, started_at)
+        except (KafkaUnavailableError, KafkaError):  # the broker's (the table sync), not the record's:
+            raise  # the worker stops, and is run again once the broker answers
         except Exception as exc:  # an error of this record, never of the process
             result = self._internal(job, exc)
         await self._conclude(job, result, started_at)
