@@ -13,6 +13,12 @@ Scenarios: ``instant`` (nginx answers 200 at once), ``slow50`` (an aiohttp recei
 50 ms), ``hang5`` (5% of the webhooks hang past the delivery timeout, the rest answer at once).
 Each: a backlog of N events drained (sustained deliveries/s), then a paced run at half that rate
 (end-to-end latency: publish → arrival at the receiver).
+
+Peers (``bench.peers``; part of a full run, skipped by ``--quick`` and ``--no-peers``, alone with
+``--peers``): the pipeline with production defaults, an Apache Camel route (auto-commit, and
+committing after each 2xx) and a naive aiokafka + aiohttp loop each drain the same backlog of
+``--peers-events`` Chatwoot ``message_created`` events to one webhook (nginx): drain rate from
+process start, CPU per delivery, peak RSS, and the ratios.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from typing import Any
 from bench import report
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
 from bench.limits import http_probe, kafka_probe
+from bench.peers.drain import SYSTEMS, PeersRun
 from bench.receivers import Nginx, PyReceiver
 from services.shared import logging as logs
 from services.shared.kafka_local import BOOTSTRAP_ENV, LocalKafka, PortInUseError, free_port, kafka_version
 
+PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 QUICK = {"events": 10_000, "webhooks": 20, "paced_s": 6.0, "stall_s": 20.0, "probe_s": 3.0, "kafka_records": 20_000}
 
 
@@ -64,8 +72,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "summary under <out>/profiles/)")
     p.add_argument("--skip-limits", action="store_true", help="do not measure the machine's bounds")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, broker data)")
+    p.add_argument("--peers", action="store_true",
+                   help="run only the drain comparison with the peers (no limits, no scenarios)")
+    p.add_argument("--no-peers", action="store_true", help="leave the drain comparison out of a full run")
+    p.add_argument("--peers-events", type=int,
+                   help=f"backlog of the drain comparison (default {PEERS_EVENTS['full']:,}; "
+                        f"quick {PEERS_EVENTS['quick']:,})")
+    p.add_argument("--peers-systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated systems of the drain comparison, in order, of {', '.join(SYSTEMS)}")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
+    if args.peers and args.no_peers:
+        p.error("--peers and --no-peers exclude each other")
+    if args.peers_events is None:
+        args.peers_events = PEERS_EVENTS["quick" if args.quick else "full"]
+    if args.peers_events < 1:
+        p.error(f"--peers-events must be at least 1, got {args.peers_events}")
+    unknown_systems = [s for s in args.peers_systems.split(",") if s not in SYSTEMS]
+    if unknown_systems:
+        p.error(f"unknown peer system(s) {unknown_systems}: choose from {', '.join(SYSTEMS)}")
     for key in ("events", "webhooks", "paced_s", "stall_s"):
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else {"events": 100_000, "webhooks": 100,
@@ -173,18 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="akece-bench-"))
     started = time.time()
     date = time.strftime("%Y-%m-%d")
+    with_peers = args.peers or not (args.quick or args.no_peers)
+    limits: dict[str, Any] = {}
+    scenarios: list[dict[str, Any]] = []
+    peers: dict[str, Any] | None = None
     try:
         with broker(work) as (bootstrap, broker_pid, kafka):
-            limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
-            config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
-                               webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
-                               stall_s=args.stall_s, partitions=args.partitions,
-                               receiver_procs=args.receiver_procs, router_procs=args.router_procs,
-                               delivery_procs=args.delivery_procs, timeout_s=args.timeout_s, seed=args.seed,
-                               paced_rate=args.paced_rate,
-                               profile_dir=args.out / "profiles" if args.profile else None,
-                               env={"AKECE_LOG_LEVEL": args.log_level})
-            scenarios = asyncio.run(run_scenarios(args, config))
+            if not args.peers:
+                limits, scenarios = run_pipeline(args, bootstrap, broker_pid, work)
+            if with_peers:
+                say(f"peers: each system drains {args.peers_events:,} events alone")
+                peers = asyncio.run(PeersRun(bootstrap=bootstrap, work=work / "peers", events=args.peers_events,
+                                             systems=args.peers_systems.split(","), partitions=args.partitions,
+                                             stall_s=args.stall_s, seed=args.seed, broker_pid=broker_pid,
+                                             say=say).run())
     finally:
         if args.keep_work:
             say(f"work directory kept: {work}")
@@ -201,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                        "receiver_procs": args.receiver_procs,
                        "avg_event_bytes": round(sum(len(e.value) for e in sample) / len(sample)),
                        "akece_env": {k: v for k, v in os.environ.items() if k.startswith("AKECE_")}}}
-    result = report.build(limits, scenarios, meta)
-    paths = report.write(result, args.out, date + ("-quick" if args.quick else ""))
+    result = report.build(limits, scenarios, meta, peers)
+    stem = date + ("-peers" if args.peers else "-quick" if args.quick else "")
+    paths = report.write(result, args.out, stem)
     print()
     print(report.markdown(result))
     if args.profile:
@@ -210,6 +238,21 @@ def main(argv: list[str] | None = None) -> int:
             print(report.profile_summary(path))
     say(f"results: {', '.join(str(p) for p in paths.values())} ({result['duration_s']} s)")
     return 0 if all(t["met"] for t in result["targets"] if t["name"].startswith("loss")) else 1
+
+
+def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | None,
+                 work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The machine's bounds and the scenarios."""
+    limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
+    config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
+                       webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
+                       stall_s=args.stall_s, partitions=args.partitions,
+                       receiver_procs=args.receiver_procs, router_procs=args.router_procs,
+                       delivery_procs=args.delivery_procs, timeout_s=args.timeout_s, seed=args.seed,
+                       paced_rate=args.paced_rate,
+                       profile_dir=args.out / "profiles" if args.profile else None,
+                       env={"AKECE_LOG_LEVEL": args.log_level})
+    return limits, asyncio.run(run_scenarios(args, config))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark's results: targets checked, JSON, a markdown report and a PNG plot.
 
-``build(limits, scenarios, meta)`` adds the ratios and target verdicts to the raw measurements;
+``build(limits, scenarios, meta, peers)`` adds the ratios and target verdicts to the raw measurements
+(``peers``: the drain comparison of ``bench.peers.drain``, optional);
 ``markdown(result)`` renders the tables (the README's Performance section pastes them);
 ``plot(result, path)`` draws throughput over time, sustained throughput against the machine's
 bounds, and latency percentiles per scenario.
@@ -19,9 +20,12 @@ TARGET_COMBINED = 0.60
 TARGET_ABSOLUTE = 3000
 TARGET_P99_MS = 100.0
 TARGET_ISOLATION = 0.90
+TARGET_VS_CAMEL = 1.0  # the pipeline's drain rate / the Camel route's (auto-commit)
+TARGET_VS_NAIVE_CPU = 2.0  # the delivery worker's CPU per delivery / the naive loop's
 
 
-def build(limits: dict[str, Any], scenarios: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+def build(limits: dict[str, Any], scenarios: list[dict[str, Any]], meta: dict[str, Any],
+          peers: dict[str, Any] | None = None) -> dict[str, Any]:
     a = limits.get("kafka", {}).get("per_s")
     b = limits.get("http", {}).get("per_s")
     if a and b:
@@ -30,7 +34,11 @@ def build(limits: dict[str, Any], scenarios: list[dict[str, Any]], meta: dict[st
         rate = (s.get("drain") or {}).get("sustained_per_s") or 0
         s["ratios"] = {"vs_kafka": _ratio(rate, a), "vs_http": _ratio(rate, b),
                        "vs_combined": _ratio(rate, limits.get("combined_per_s"))}
-    return {**meta, "limits": limits, "scenarios": scenarios, "targets": targets(limits, scenarios)}
+    result = {**meta, "limits": limits, "scenarios": scenarios, "targets": targets(limits, scenarios)}
+    if peers is not None:
+        result["peers"] = peers
+        result["targets"] += peer_targets(peers)
+    return result
 
 
 def _ratio(value: float, bound: float | None) -> float | None:
@@ -66,6 +74,30 @@ def targets(limits: dict[str, Any], scenarios: list[dict[str, Any]]) -> list[dic
     return out
 
 
+def peer_targets(peers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The drain comparison's targets: no retry tier for a healthy webhook, at least the Camel route's
+    rate, the delivery worker within 2x the naive loop's CPU per delivery, no loss."""
+    by_key = {s["system"]: s for s in peers.get("systems", []) if not s.get("skipped")}
+    akece = by_key.get("akece")
+    if not akece:
+        return []
+    out = []
+    retried = (akece.get("parked") or {}).get("retried")
+    if retried is not None:
+        out.append(_target("peers drain: deliveries moved to a retry tier (akece)", f"{retried:,}", "0", retried == 0))
+    ratios = peers.get("ratios") or {}
+    rate = (ratios.get("camel-auto") or {}).get("rate")
+    if rate is not None:
+        out.append(_target("peers drain: rate vs the Camel route (auto-commit)", f"{rate:.2f}x",
+                           f">= {TARGET_VS_CAMEL:.1f}x", rate >= TARGET_VS_CAMEL))
+    cpu = (ratios.get("naive") or {}).get("delivery_worker_cpu_per_delivery")
+    if cpu is not None:
+        out.append(_target("peers drain: delivery worker CPU per delivery vs the naive loop", f"{cpu:.2f}x",
+                           f"<= {TARGET_VS_NAIVE_CPU:.1f}x", cpu <= TARGET_VS_NAIVE_CPU))
+    out.append(_target("loss (peers drain, akece)", f"{akece.get('missing', '?')}", "0", akece.get("missing") == 0))
+    return out
+
+
 def _target(name: str, measured: str, target: str, met: bool) -> dict[str, Any]:
     return {"name": name, "measured": measured, "target": target, "met": bool(met)}
 
@@ -90,15 +122,52 @@ def markdown(result: dict[str, Any]) -> str:
               f"Python {m['python']}, aiokafka {m['aiokafka']}, aiohttp {m['aiohttp']}, "
               f"{'uvloop ' + m['uvloop'] if m.get('uvloop') else 'no uvloop'}; Apache Kafka {m['kafka']} "
               f"(single local broker). Broker, pipeline (1 router + 1 delivery process), receiver and "
-              f"load generator share the machine.", "",
-              f"Workload: {c['events']:,} events to {c['webhooks']} webhooks over {c['accounts']} accounts "
-              f"(fan-out {c['fanout']}), realistic Chatwoot payloads (avg {c['avg_event_bytes']:,} B), "
-              f"{c['partitions']} partitions; delivery timeout {c['timeout_s']:g} s; "
-              f"log level {c['log_level']}.", ""]
-    lines += [*limits_table(result["limits"]), "", *scenario_table(result), ""]
-    lines += [*process_table(result), "", *target_table(result["targets"]), ""]
+              f"load generator share the machine.", ""]
+    if result["scenarios"]:
+        lines += [f"Workload: {c['events']:,} events to {c['webhooks']} webhooks over {c['accounts']} accounts "
+                  f"(fan-out {c['fanout']}), realistic Chatwoot payloads (avg {c['avg_event_bytes']:,} B), "
+                  f"{c['partitions']} partitions; delivery timeout {c['timeout_s']:g} s; "
+                  f"log level {c['log_level']}.", ""]
+        lines += [*limits_table(result["limits"]), "", *scenario_table(result), ""]
+        lines += [*process_table(result), ""]
+    if result.get("peers"):
+        lines += [*peers_table(result["peers"]), ""]
+    if result["targets"]:
+        lines += [*target_table(result["targets"]), ""]
     lines += notes(result)
     return "\n".join(lines) + "\n"
+
+
+def peers_table(peers: dict[str, Any]) -> list[str]:
+    n = peers["events"]
+    lines = [f"Peers: each system alone drains the same backlog of {n:,} Chatwoot `{peers['event_type']}` events "
+             f"(avg {peers['avg_event_bytes']:,} B) in a {peers['partitions']}-partition topic to one webhook "
+             f"(nginx answering 200 at once), measured from process start to the {n:,}th distinct delivery at "
+             "nginx; CPU (all threads, all processes of the system) and peak RSS at that moment.", "",
+             "| system | drain deliveries/s | CPU µs per delivery | peak RSS | akece's rate ÷ this "
+             "| akece's CPU/delivery ÷ this |", "|---|---:|---:|---:|---:|---:|"]
+    ratios = peers.get("ratios") or {}
+    for s in peers["systems"]:
+        if s.get("skipped"):
+            lines.append(f"| {s['title']} | skipped: {s['skipped'].splitlines()[0]} | | | | |")
+            continue
+        title, rate = s["title"], _n(s.get("per_s"))
+        if s["system"] == "akece":
+            per = {k: v.get("cpu_us_per_delivery") for k, v in s.get("processes", {}).items()}
+            title += " (" + " + ".join(f"{k} {_n(v)}" for k, v in per.items()) + " µs)"
+            retried = (s.get("parked") or {}).get("retried")
+            if retried:
+                rate += f", {retried:,} deliveries moved to a retry tier"
+        if s.get("missing"):
+            rate += f" ({s['delivered']:,}/{s['expected']:,} delivered: {s['stopped_because'].splitlines()[0]})"
+        r = ratios.get(s["system"]) or {}
+        lines.append(f"| {title} | {rate} | {_n(s.get('cpu_us_per_delivery'))} | {_n(s.get('peak_rss_mb'), ' MB')} | "
+                     f"{_x(r.get('rate'))} | {_x(r.get('cpu_per_delivery'))} |")
+    return lines
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def limits_table(limits: dict[str, Any]) -> list[str]:
@@ -189,6 +258,19 @@ def notes(result: dict[str, Any]) -> list[str]:
         if codes:
             bits.append(f"exit codes: {codes}")
         out.append(f"- {s['name']}: " + "; ".join(bits) + ".")
+    for p in (result.get("peers") or {}).get("systems", []):
+        if p.get("skipped"):
+            continue
+        bits = [f"drain {p['stopped_because'].splitlines()[0]}",
+                f"first arrival {p.get('first_arrival_s')} s after start", f"duplicates {p.get('duplicates', 0):,}"]
+        if p.get("other_load_cores"):
+            bits.append(f"other processes on the machine used {p['other_load_cores']} cores meanwhile")
+        parked = p.get("parked")
+        if parked is not None:
+            tiers = parked.get("retry_records_per_tier")
+            bits.append(f"{parked['retried']:,} deliveries went to a retry tier during the drain"
+                        f"{f' {tiers}' if tiers else ''}, {parked['dead_lettered']:,} to the DLQ")
+        out.append(f"- peers, {p['system']}: " + "; ".join(bits) + ".")
     return out
 
 
@@ -271,6 +353,9 @@ def write(result: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
     paths["md"].write_text(markdown(result))
+    if not result["scenarios"]:  # the drain comparison alone: its table says it all
+        del paths["png"]
+        return paths
     try:
         plot(result, paths["png"])
     except ImportError:  # matplotlib is in the `bench` extra

@@ -60,7 +60,7 @@ class System:
 
 
 SYSTEMS = {s.key: s for s in (
-    System("akece", "akece-webhooks, production defaults (router + delivery)"),
+    System("akece", "akece-webhooks, production defaults"),
     System("camel-auto", "Apache Camel route, kafka → http, 6 consumers, auto-commit"),
     System("camel-each", "the same Camel route committing after each 2xx"),
     System("naive", "naive Python loop: aiokafka getmany, one aiohttp POST awaited at a time per "
@@ -315,7 +315,7 @@ class PeersRun:
         rss = {p.name: session_peak_rss_mb(p.proc.pid) for p in procs}
         return reason, cpu, rss
 
-    async def _parked(self, expected: set[str]) -> dict[str, int]:
+    async def _parked(self, expected: set[str]) -> dict[str, Any]:
         """The pipeline's deliveries found in the retry tiers and the DLQ after its drain."""
         tiers = list(self.topics.retry_topics)
         found = await read_deliveries(self.settings, [*tiers, self.topics.dlq])

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 def delivery_id(record: ConsumerRecord[bytes, bytes]) -> str:
     for key, value in record.headers:
         if key == "ce_id":
-            return value.decode()
+            return str(value.decode())
     return f"{record.topic}-{record.partition}-{record.offset}"
 
 
