@@ -53,8 +53,11 @@ def unavailable() -> str | None:
     major = java_major(java)
     if major is None or major < 17:
         return f"the Camel peer needs Java 17+, found {major or 'an unknown version'}"
-    if not is_built() and shutil.which("mvn") is None:
-        return "mvn not found (the Camel peer is built with Maven: Debian package maven)"
+    if not is_built():
+        if shutil.which("mvn") is None:
+            return "mvn not found (the Camel peer is built with Maven: Debian package maven)"
+        if shutil.which("javac") is None:
+            return "javac not found (building the Camel peer needs a JDK: Debian package openjdk-17-jdk-headless)"
     return None
 
 
