@@ -2,11 +2,13 @@
 
 The Maven project in ``bench/peers/camel/`` (camel-main, camel-kafka, camel-http, pinned in its
 ``pom.xml``; Java 17) is built into ``build/peers-camel/`` (the route's jar and ``lib/`` with its
-dependencies) the first time it is needed and again when a source file is newer than the jar.
+dependencies) the first time it is needed and again when a source file changed (a hash of the sources
+is kept beside the jar).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent / "camel"
 BUILD = PROJECT.parents[2] / "build" / "peers-camel"
 JAR = BUILD / "peers-camel-1.jar"
+STAMP = BUILD / "sources.sha256"
 MAIN_CLASS = "akece.peers.KafkaToHttp"
 COMMIT_MODES = ("auto", "each")
 
@@ -34,15 +37,19 @@ def java_major(java: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _sources() -> list[Path]:
-    return [PROJECT / "pom.xml", *PROJECT.glob("src/**/*.java")]
+def sources_hash() -> str:
+    digest = hashlib.sha256()
+    for source in sorted([PROJECT / "pom.xml", *PROJECT.glob("src/**/*.java")]):
+        digest.update(str(source.relative_to(PROJECT)).encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def is_built() -> bool:
-    if not JAR.exists() or not (BUILD / "lib").is_dir():
+    """The jar, its ``lib/`` and a stamp of the sources it was built from, matching the sources now."""
+    try:
+        return JAR.exists() and (BUILD / "lib").is_dir() and STAMP.read_text().strip() == sources_hash()
+    except OSError:
         return False
-    built = JAR.stat().st_mtime
-    return all(source.stat().st_mtime <= built for source in _sources())
 
 
 def unavailable() -> str | None:
@@ -78,7 +85,7 @@ def ensure_built(say: Callable[[str], None] = print) -> Path:
         if done.returncode != 0 or not JAR.exists():
             tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
             raise CamelUnavailable("the Maven build of the Camel peer failed:\n" + "\n".join(tail))
-        JAR.touch()  # newer than every source, even when Maven found nothing to recompile
+        STAMP.write_text(sources_hash() + "\n")
     return JAR
 
 
