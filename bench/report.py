@@ -2,7 +2,7 @@
 
 ``build(limits, scenarios, meta, peers)`` adds the ratios and target verdicts to the raw measurements
 (``peers``: the drain comparison of ``bench.peers.drain``, optional);
-``markdown(result)`` renders the tables (the README's Performance section pastes them);
+``markdown(result)`` renders the tables (docs/performance.md pastes them);
 ``plot(result, path)`` draws throughput over time, sustained throughput against the machine's
 bounds, and latency percentiles per scenario.
 """
