@@ -60,3 +60,19 @@ def test_a_selection_of_dead_letters_by_delivery_id() -> None:
     assert DlqFilter.from_json(chosen.to_json()) == chosen
     assert chosen.matches(_dead("d1")) and not chosen.matches(_dead("d3"))
     assert everything.matches(_dead("d3"))
+
+
+def test_unicode_digits_in_ids_and_pages_are_refused_not_a_crash() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from services.console.core import _ids_ok
+    from services.console.logs import _int
+
+    session = Session("t" * 20, Principal(1))
+    for value in ("²", "\u0661", "12²"):  # str.isdigit() takes them; int() refuses "²", reads "\u0661" as 1
+        for name in ("account_id", "id"):
+            request = make_mocked_request("GET", "/", match_info={"account_id": "1", "id": "7", name: value})
+            assert _ids_ok(request, session) is False, (name, value)
+        assert _int(value, 1) == 1
+    assert _ids_ok(make_mocked_request("GET", "/", match_info={"account_id": "1", "id": "7"}), session)
+    assert _int("3", 1) == 3

@@ -16,6 +16,7 @@ from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from services import __version__
 from services.admin import validation
 from services.admin.routes import ROTATE, ROUTES, WEBHOOK, WEBHOOKS, Route
+from services.replay.api import MAX_LIMIT as RECOVERY_MAX_LIMIT
 from services.replay.api import ROUTES as RECOVERY_ROUTES
 
 PATH = Path(__file__).with_name("openapi.json")
@@ -124,6 +125,10 @@ _PAGINATION = [
 ]
 _WINDOW = {"type": "string", "description": "ISO-8601 or relative (2h, 30m, 7d); the window may span at most "
                                             "AKECE_API_MAX_WINDOW_S (default 7d)"}
+_LIMIT = {"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": RECOVERY_MAX_LIMIT, "default": 100},
+          "description": "At most this many items"}
+_DLQ_FILTERS = (("event", "Only this event name"), ("reason", "Only this dead-letter reason"))
 _SCAN_ERRORS = {
     "400": _json(_ref("Error"), "A bad parameter or body field (named in message), or a window longer than "
                                 "AKECE_API_MAX_WINDOW_S"),
@@ -148,6 +153,10 @@ def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
         windows = ["since", "until"] if name == "dead_letters" else ["since"]
         operation["parameters"] += [{"name": n, "in": "query", "required": False, "schema": _WINDOW}
                                     for n in windows]
+        operation["parameters"].append(_LIMIT)
+        if name == "dead_letters":
+            operation["parameters"] += [{"name": n, "in": "query", "required": False, "schema": {"type": "string"},
+                                         "description": text} for n, text in _DLQ_FILTERS]
     if method == "POST":
         operation["requestBody"] = {"required": False, "content": {JSON: {"schema": {
             "type": "object", "properties": {

@@ -42,7 +42,8 @@ def not_found() -> NotFound:
 
 
 def _int(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) <= 18 else None
+    """An id of the path: ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def _account(request: web.Request) -> int:

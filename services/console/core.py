@@ -103,7 +103,7 @@ Handler = Callable[[web.Request, Ctx], Awaitable[web.StreamResponse]]
 def _ids_ok(request: web.Request, session: Session) -> bool:
     for name in ("account_id", "id"):
         value = request.match_info.get(name)
-        if value is not None and not (value.isdigit() and len(value) <= 18):
+        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 18):
             return False
     account = request.match_info.get("account_id")
     return account is None or session.principal.may_access(int(account))

@@ -34,7 +34,9 @@ def _select(name: str, label: str, options: tuple[str, ...], chosen: str, *, any
 
 
 def _int(text: str | None, default: int) -> int:
-    return int(text) if text and text.isdigit() and 0 < int(text) < 10_000 else default
+    if not (text and text.isascii() and text.isdigit() and len(text) <= 9):
+        return default
+    return int(text) if 0 < int(text) < 10_000 else default
 
 
 def _status(attempt: dict[str, Any]) -> str:

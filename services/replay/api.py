@@ -150,7 +150,7 @@ class ReplayRoutes:
 
     def _webhook(self, request: web.Request) -> Webhook:
         account, webhook_id = request.match_info["account_id"], request.match_info["id"]
-        if not (account.isdigit() and webhook_id.isdigit() and len(account) <= 18 and len(webhook_id) <= 18):
+        if not all(text.isascii() and text.isdigit() and len(text) <= 18 for text in (account, webhook_id)):
             raise _not_found()
         if not self.authorize(request, int(account)):
             raise _not_found()
@@ -171,9 +171,10 @@ class ReplayRoutes:
 
     async def deliveries(self, request: web.Request, webhook: Webhook) -> web.Response:
         window = self.window(request.query.get("since", DEFAULT_SINCE), None)
+        limit = _limit(request)
         async with self.scans.slot(webhook.account_id), kafka.started(reader(self.settings)) as consumer:
             found = await recent_attempts(consumer, self.topics.attempts, webhook.id, since_ms=window.since_ms,
-                                          limit=_limit(request))
+                                          limit=limit)
         return _json({"payload": {"deliveries": [attempt.to_json() for attempt in found]}})
 
     async def dead_letters(self, request: web.Request, webhook: Webhook) -> web.Response:
@@ -326,7 +327,7 @@ def _rate(body: dict[str, Any]) -> float | None:
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= MAX_LIMIT):
         raise _bad(f"limit must be 1..{MAX_LIMIT}")
     return int(text)
 

@@ -79,6 +79,10 @@ async def close(client: Any, timeout: float = CLOSE_TIMEOUT_S) -> None:
     its pending batches first, which lasts until they expire while the broker is away."""
     try:
         async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            # One loop turn first: a group-less consumer stopped before its internal task ran once re-raises
+            # that task's cancellation from stop(), before its fetcher is closed (a scan refused right after
+            # its consumer started).
+            await asyncio.sleep(0)
             await (client.stop() if hasattr(client, "stop") else client.close())
     except TimeoutError:
         log.warning("kafka.close_timeout", client=type(client).__name__, timeout_s=timeout)
