@@ -24,6 +24,7 @@ from functools import lru_cache
 from types import TracebackType
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from services.delivery.policy import RETRY_AFTER_STATUSES, AttemptResult, parse_retry_after
@@ -79,7 +80,7 @@ def describe(exc: BaseException, host: str) -> str:
         return str(exc)[:MESSAGE_LIMIT]
     parts = [type(exc).__name__]
     if isinstance(exc, aiohttp.ClientResponseError):
-        parts.append(f"status {exc.status}")
+        parts.append(_response_error(exc))
     code = _errno(exc)
     if code:
         parts.append(f"errno {code} ({errno.errorcode.get(code, 'unknown')})")
@@ -89,15 +90,28 @@ def describe(exc: BaseException, host: str) -> str:
     return f"{', '.join(parts)}, host {host}"[:MESSAGE_LIMIT]
 
 
+def _response_error(exc: aiohttp.ClientResponseError) -> str:
+    """What was wrong with an answer. aiohttp reports one it cannot parse (bad status line, headers too long)
+    as a ClientResponseError with status 400, although no status came: name the parser's reason instead (its
+    first phrase, without the receiver's bytes that follow it)."""
+    if isinstance(exc.__cause__, HttpProcessingError):
+        reason = str(exc.__cause__.message).split(":", 1)[0].splitlines()[0] if exc.__cause__.message else ""
+        reason = "".join(c for c in reason if c.isascii() and c.isprintable())[:80].strip()
+        return f"invalid response: {reason or 'not HTTP'}"
+    return f"status {exc.status}"
+
+
 def _errno(exc: BaseException) -> int | None:
-    """The OS error number of ``exc`` or of what caused it."""
+    """The OS error number of ``exc`` or of what caused it (an SSL error's ``errno`` is OpenSSL's code, not one)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return None
-        if isinstance(seen, aiohttp.ClientConnectorError) and seen.os_error.errno:
+        if isinstance(seen, aiohttp.ClientConnectorError) and not isinstance(seen.os_error, ssl.SSLError) \
+                and seen.os_error.errno:
             return int(seen.os_error.errno)
-        if isinstance(seen, OSError) and isinstance(seen.errno, int) and seen.errno:
+        if isinstance(seen, OSError) and not isinstance(seen, ssl.SSLError) and isinstance(seen.errno, int) \
+                and seen.errno:
             return seen.errno
         seen = seen.__cause__ or seen.__context__
     return None
