@@ -100,3 +100,18 @@ def test_a_real_body_with_any_field_replaced_never_fails_as_internal(
 def test_event_time_parsing_never_raises(text: str | None) -> None:
     seconds = core.epoch_of(text)
     assert seconds is None or isinstance(seconds, float)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(required=st.lists(st.tuples(st.sampled_from(h.CLOUDEVENT_REQUIRED), header_value), max_size=12),
+       extra=headers)
+def test_cloudevent_headers_over_arbitrary_bytes_are_read_or_rejected(
+        required: list[tuple[str, bytes | None]], extra: list[tuple[str, bytes | None]]) -> None:
+    """The CloudEvents reading itself: text for every required attribute, or a rejection naming why."""
+    try:
+        found = core._cloudevent_headers(required + extra)
+    except core._Reject as reject:
+        assert reject.reason in core.REASONS and reject.reason != core.INTERNAL
+        return
+    assert set(h.CLOUDEVENT_REQUIRED) <= set(found) and found[h.CE_SPECVERSION] == "1.0"
+    assert all(isinstance(v, str) and v for v in found.values())

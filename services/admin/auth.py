@@ -136,9 +136,9 @@ class TokenAuthenticator:
 
 def token_from_headers(headers: Mapping[str, str]) -> str | None:
     """The token of a request: ``api_access_token`` header, else ``Authorization: Bearer``."""
-    token = headers.get("api_access_token") or headers.get("api-access-token")
-    if token:
-        return token.strip()
+    token = (headers.get("api_access_token") or headers.get("api-access-token") or "").strip()
+    if token:  # a blank one is no token: the Authorization header may still carry one
+        return token
     scheme, _, value = (headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
