@@ -13,6 +13,7 @@ Bounded: ``MAX_EXAMPLES`` per operation, token and generation mode keep the modu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import subprocess
@@ -84,8 +85,6 @@ def _read_lines(stream: Any, into: list[dict[str, Any]], events: queue.Queue[dic
 
 @pytest.fixture(scope="module")
 def api_process(kafka_bootstrap: str) -> Iterator[RunningApi]:
-    import asyncio
-
     settings = make_settings(kafka_bootstrap)
     asyncio.run(kafka.ensure_topics(settings))
     process = subprocess.Popen([sys.executable, "-m", "services", "api"], env=_env(kafka_bootstrap,
@@ -220,13 +219,18 @@ async def test_unicode_digits_in_ids_and_limits_are_a_404_or_400_never_a_500(kaf
         assert (await api.call("GET", f"{base}/1/webhooks/{hook}/deliveries?limit=99999999999999999999"))[0] == 400
 
 
-async def test_a_group_less_consumer_closed_at_once_raises_nothing_of_its_own(kafka_bootstrap: str) -> None:
-    """aiokafka's group-less consumer, stopped before its internal task ran once, raised that task's
-    CancelledError from ``stop()``: a scan refused right after its consumer started dropped the connection."""
+async def test_a_group_less_consumer_closed_at_once_stops_whole_and_raises_nothing_of_its_own(
+        kafka_bootstrap: str) -> None:
+    """aiokafka's group-less consumer, stopped before its internal task ran once, raises that task's
+    CancelledError from ``stop()`` before closing its fetcher: a scan refused right after its consumer
+    started dropped the API's connection, and its fetch loop kept running."""
     settings = make_settings(kafka_bootstrap)
     await kafka.ensure_topics(settings)
+    before = asyncio.all_tasks()
     async with kafka.started(reader(settings)):
         pass
     with pytest.raises(LookupError, match="mine"):
         async with kafka.started(reader(settings)):
             raise LookupError("mine")
+    left = {t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()}
+    assert not left, left
