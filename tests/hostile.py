@@ -13,7 +13,9 @@ trusts (``openssl``, once per process).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import shutil
 import socket
 import ssl
 import struct
@@ -143,6 +145,7 @@ BEHAVIORS: dict[str, Behavior] = {
 @cache
 def _certificate_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="akece-hostile-tls-"))
+    atexit.register(shutil.rmtree, folder, True)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
