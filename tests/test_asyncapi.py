@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from schemas import EVENT_MODELS, EVENT_NAMES
 from schemas.generate import JSON_DIR, schema_id
 from services.delivery import ping, records
+from services.delivery.attempt import INTERNAL
 from services.delivery.policy import PERMANENT, AttemptResult, Retry
-from services.delivery.worker import INTERNAL
 from services.replay.ledger import Claim, Run
 from services.router.core import REASONS, IncomingEvent, Invalid, route
 from services.shared import headers as h

@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from services import __version__
-from services.delivery import worker as worker_module
+from services.delivery import attempt as attempt_module
 from services.delivery.worker import DeliveryWorker
 from services.shared import headers as h
 from services.shared.errors import ConfigError, KafkaUnavailableError
@@ -426,7 +426,7 @@ async def test_a_worker_whose_table_is_behind_retries_instead_of_dead_lettering(
         settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A webhook created a moment ago, unknown to a worker whose subscriptions table cannot catch up:
     "deleted" cannot be confirmed, so the delivery is retried (not dead-lettered) and lands later."""
-    monkeypatch.setattr(worker_module, "SYNC_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(attempt_module, "SYNC_TIMEOUT_S", 0.5)
     async with stack(settings) as s:
         lagging = _HeldTable(settings)
         stop = asyncio.Event()

@@ -26,7 +26,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from services.delivery import worker as worker_module
+from services.delivery import attempt as attempt_module
 from services.shared import headers as h
 from services.shared import kafka
 from services.shared.kafka_local import free_port
@@ -296,14 +296,14 @@ async def test_an_error_while_concluding_is_the_records_failure(settings: Settin
     async with stack(settings) as s:
         ok, twice, always = (make_webhook(receiver.url(f"/c/{n}")) for n in range(3))
         await s.add(ok, twice, always)
-        real = worker_module.records.attempt_record
+        real = attempt_module.records.attempt_record
 
         def attempt_record(meta: Any, result: Any, **kwargs: Any) -> bytes:
             if meta.webhook_id == always.id or (meta.webhook_id == twice.id and result.error_class != "internal"):
                 raise RuntimeError("a bug")
             return real(meta, result, **kwargs)
 
-        monkeypatch.setattr(worker_module.records, "attempt_record", attempt_record)
+        monkeypatch.setattr(attempt_module.records, "attempt_record", attempt_record)
         items = [delivery(hook) for hook in (twice, always, ok)]
         async with s.running():
             await produce(settings, items)

@@ -1,5 +1,7 @@
-"""What an attempt's result means: the one pure function ``next_step`` and Retry-After parsing.
+"""What an attempt's result means: the pure functions ``precheck`` and ``next_step``, the error-class
+vocabulary (``ErrorClass``) and Retry-After parsing.
 
+    precheck(webhook_id, webhook, fresh=..., open_failures=...) -> AttemptResult (not sent) | None (send)
     next_step(result, attempt, schedule, now, rng) -> Ack | Retry | DeadLetter
 
 - 2xx: ``Ack``.
@@ -21,11 +23,41 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 
 from services.shared.settings import RetrySettings
+from services.shared.subscriptions import Webhook
 
-PERMANENT = frozenset({"blocked_destination", "webhook_deleted", "webhook_disabled", "malformed_record",
-                       "invalid_url"})
+
+class ErrorClass(StrEnum):
+    """Why an attempt failed, as written in attempt records, retry and DLQ headers and logs (a ``str``:
+    records keep these exact strings). A failed response with no other class is ``http_status``."""
+
+    HTTP_STATUS = "http_status"
+    BLOCKED_DESTINATION = "blocked_destination"
+    INVALID_URL = "invalid_url"
+    CONNECT_TIMEOUT = "connect_timeout"
+    TIMEOUT = "timeout"
+    DNS = "dns"
+    TLS = "tls"
+    CONNECTION_REFUSED = "connection_refused"
+    DISCONNECTED = "disconnected"
+    CONNECTION_RESET = "connection_reset"
+    PAYLOAD_ERROR = "payload_error"
+    PROTOCOL_ERROR = "protocol_error"
+    # Decided by the worker, not the endpoint:
+    WEBHOOK_DELETED = "webhook_deleted"
+    WEBHOOK_DISABLED = "webhook_disabled"
+    MALFORMED_RECORD = "malformed_record"
+    CIRCUIT_OPEN = "circuit_open"
+    WEBHOOK_BACKLOG = "webhook_backlog"
+    SUBSCRIPTIONS_BEHIND = "subscriptions_behind"
+    INTERNAL = "internal"  # an unexpected error while handling one record
+
+
+E = ErrorClass
+PERMANENT = frozenset({E.BLOCKED_DESTINATION, E.WEBHOOK_DELETED, E.WEBHOOK_DISABLED, E.MALFORMED_RECORD,
+                       E.INVALID_URL})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 MAX_DELTA_DIGITS = 10  # about 317 years: more is not a delay but noise (and a 5,000-digit int is slow)
 MAX_RETRY_AFTER_CHARS = 64
@@ -41,7 +73,10 @@ _HTTP_DATES = (
 # The worker did not call the endpoint: a retriable failure (it counts against the schedule).
 # ``internal`` (an unexpected error of ours while handling the record) is not the endpoint's failure either:
 # it neither opens the webhook's circuit nor counts in its health.
-SKIPPED = frozenset({"circuit_open", "webhook_backlog", "subscriptions_behind", "internal"})
+SKIPPED = frozenset({E.CIRCUIT_OPEN, E.WEBHOOK_BACKLOG, E.SUBSCRIPTIONS_BEHIND, E.INTERNAL})
+# Attempts that never reached the endpoint and say nothing of its health (a circuit's readers skip them).
+NOT_SENT = frozenset({E.WEBHOOK_DELETED, E.WEBHOOK_DISABLED, E.MALFORMED_RECORD, E.WEBHOOK_BACKLOG,
+                      E.SUBSCRIPTIONS_BEHIND, E.BLOCKED_DESTINATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +142,35 @@ class DeadLetter:
 Step = Ack | Retry | DeadLetter
 
 
+def precheck(webhook_id: int, webhook: Webhook | None, *, fresh: bool,
+             open_failures: int | None) -> AttemptResult | None:
+    """Why a delivery to ``webhook`` (``None``: not in the table) is not sent now, or ``None`` to send it.
+
+    ``fresh``: the table is confirmed current as of the record's fetch (else a deleted or disabled
+    verdict may be stale: retried, never dead-lettered). ``open_failures``: the consecutive failures of
+    the webhook's open circuit, ``None`` when the circuit lets a request through."""
+    if webhook is None or not webhook.enabled:
+        if not fresh:
+            return AttemptResult(error_class=E.SUBSCRIPTIONS_BEHIND,
+                                 error_message="this worker's subscriptions table is behind the topic; "
+                                               "the webhook's state could not be confirmed")
+        if webhook is None:
+            return AttemptResult(error_class=E.WEBHOOK_DELETED, error_message=f"webhook {webhook_id} was deleted")
+        return AttemptResult(error_class=E.WEBHOOK_DISABLED,
+                             error_message=webhook.disabled_reason or "webhook disabled")
+    if open_failures is not None:
+        return AttemptResult(error_class=E.CIRCUIT_OPEN,
+                             error_message=f"circuit open after {open_failures} consecutive failures")
+    return None
+
+
 def next_step(result: AttemptResult, attempt: int, schedule: RetrySchedule, now: float,
               rng: random.Random) -> Step:
     """What to do after ``attempt`` (1-based) ended with ``result``."""
     if result.ok:
         return Ack()
     if result.status == 410:
-        return DeadLetter("webhook_disabled", disable=True)
+        return DeadLetter(E.WEBHOOK_DISABLED, disable=True)
     if result.error_class in PERMANENT:
         return DeadLetter(result.error_class or "error")
     if attempt > len(schedule.delays):

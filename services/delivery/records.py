@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from services.delivery.policy import AttemptResult, Retry
+from services.delivery.policy import AttemptResult, ErrorClass, Retry
 from services.shared import headers as h
 from services.shared.attempts import AttemptRecord
 from services.shared.deliveries import DeliveryMeta
@@ -24,7 +24,7 @@ def iso(ts: float) -> str:
 def error_class(result: AttemptResult) -> str | None:
     if result.ok:
         return None
-    return result.error_class or "http_status"
+    return result.error_class or ErrorClass.HTTP_STATUS
 
 
 def error_message(result: AttemptResult) -> str | None:

@@ -21,15 +21,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.delivery.ping import OUTCOME as TEST_OUTCOME
+from services.delivery.policy import NOT_SENT, ErrorClass
 from services.replay.window import Window, iso, offset_ranges, read_ranges
 from services.shared.attempts import AttemptRecord, decode
 from services.shared.errors import KafkaUnavailableError
 
 DEFAULT_WINDOW_S = 900.0
 DEFAULT_MAX_SCAN = 500_000
-SKIPPED_BY_CIRCUIT = "circuit_open"
-NOT_SENT = frozenset({"webhook_deleted", "webhook_disabled", "malformed_record", "webhook_backlog",
-                      "subscriptions_behind", "blocked_destination"})
 
 
 @dataclass
@@ -80,7 +78,7 @@ class _Streak:
         if self.failures == 0:
             self.since = attempt.at
         self.failures += 1
-        self.skipped = attempt.error_class == SKIPPED_BY_CIRCUIT
+        self.skipped = attempt.error_class == ErrorClass.CIRCUIT_OPEN
         if not self.skipped:
             self.sent_failures += 1
             self.last_error = (f"HTTP {attempt.status}" if attempt.status

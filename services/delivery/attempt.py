@@ -1,0 +1,348 @@
+"""One delivery attempt: precheck, send, conclude.
+
+    precheck (policy.precheck: deleted, disabled, circuit open, subscriptions behind) -> signed POST
+    -> policy.next_step -> auto-disable, attempt log record + retry tier / DLQ record (acknowledged)
+    -> metrics and one ``delivery.attempted`` line -> done (the offset may be committed)
+
+An unexpected error while handling one record is that record's failed attempt (class ``internal``:
+retried by the schedule, dead-lettered in the end), counted and logged with its type, never the
+process's. If even concluding it as ``internal`` fails, the record is dead-lettered as it is. A
+broker that does not acknowledge (``KafkaUnavailableError``) stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.delivery import records
+from services.delivery.circuit import Circuits
+from services.delivery.dispatch import Dispatcher
+from services.delivery.http import HttpSender
+from services.delivery.intake import Job, Malformed
+from services.delivery.ledger import PartitionLedger
+from services.delivery.policy import (
+    Ack,
+    AttemptResult,
+    DeadLetter,
+    ErrorClass,
+    Retry,
+    RetrySchedule,
+    Step,
+    next_step,
+    precheck,
+)
+from services.delivery.signing import request_headers
+from services.shared import headers as h
+from services.shared import kafka, urls
+from services.shared import logging as logs
+from services.shared.errors import KafkaUnavailableError
+from services.shared.metrics import Metrics, status_class
+from services.shared.settings import Settings
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.topics import Topics, format_delay
+
+log = logs.get("delivery")
+
+SYNC_TIMEOUT_S = 5.0
+INTERNAL = ErrorClass.INTERNAL
+
+
+class Attempts:
+    """``Attempts(settings, table, store, metrics, dispatcher, finish, rng)``: runs one job's attempt
+    to its end and calls ``finish(ledger, offset, size)``."""
+
+    def __init__(self, settings: Settings, table: SubscriptionTable, store: SubscriptionStore, metrics: Metrics,
+                 dispatcher: Dispatcher[Job], finish: Callable[[PartitionLedger, int, int], None],
+                 rng: random.Random) -> None:
+        self._settings = settings
+        self._table = table
+        self._store = store
+        self._metrics = metrics
+        self._dispatcher = dispatcher
+        self._finish = finish
+        self._rng = rng
+        self._topics = Topics.from_settings(settings)
+        self._schedule = RetrySchedule.from_settings(settings.retry)
+        self.circuits = Circuits(settings.circuit.failure_threshold, settings.circuit.open_s,
+                                 settings.delivery.auto_disable_after_s)
+        self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._synced_at = 0.0
+        self._sync: asyncio.Future[None] | None = None
+        self._sync_started = 0.0
+        self._producer: AIOKafkaProducer | None = None
+        self._sender: HttpSender | None = None
+        self._probe: Any = None
+
+    def bind(self, producer: AIOKafkaProducer, sender: HttpSender, probe: Any) -> None:
+        self._producer, self._sender, self._probe = producer, sender, probe
+
+    # --- one delivery ------------------------------------------------------------------------
+    async def deliver(self, job: Job) -> None:
+        started_at = time.time()
+        try:
+            result = await self._attempt(job, started_at)
+        except (KafkaUnavailableError, KafkaError):  # the broker's (the table sync), not the record's:
+            raise  # the worker stops, and is run again once the broker answers
+        except Exception as exc:  # an error of this record, never of the process
+            result = self._internal(job, exc)
+        await self._conclude(job, result, started_at)
+
+    async def shed(self, job: Job) -> None:
+        """Too many records of this webhook wait already: a failed attempt, to its next retry tier."""
+        waiting = self._dispatcher.waiting(job.webhook_id)
+        result = AttemptResult(error_class=ErrorClass.WEBHOOK_BACKLOG,
+                               error_message=f"{waiting} deliveries already waiting for this webhook")
+        await self._conclude(job, result, time.time(), dispatched=False)
+
+    async def dead_letter_malformed(self, bad: Malformed) -> None:
+        assert self._producer is not None
+        now, record = time.time(), bad.record
+        reason = ErrorClass.MALFORMED_RECORD
+        headers = h.replace(record.headers or [], {h.DLQ_REASON: reason, h.LAST_ERROR: bad.error[:300],
+                                                   h.DLQ_AT: round(now, 3)})
+        log.error("delivery.malformed_record", topic=bad.tp.topic, partition=bad.tp.partition, offset=record.offset,
+                  error=bad.error[:300])
+        ack = await self._producer.send(self._topics.dlq, value=record.value, key=record.key, headers=headers)
+        await self._acknowledged([ack])
+        self._metrics.dead_letters.labels(reason).inc()
+        self._finish(bad.ledger, record.offset, bad.size)
+
+    async def _attempt(self, job: Job, started_at: float) -> AttemptResult:
+        webhook_id = job.meta.webhook_id
+        webhook = self._table.get(webhook_id)
+        fresh = True
+        if webhook is None or not webhook.enabled:
+            fresh = await self._fresh_view(job)
+            if fresh:
+                webhook = self._table.get(webhook_id)
+                if webhook is None or not webhook.enabled:
+                    self.circuits.forget(webhook_id)
+        open_failures = None
+        if webhook is not None and webhook.enabled and not self.circuits.allow(webhook_id, started_at):
+            open_failures = self.circuits.failures(webhook_id)
+        skip = precheck(webhook_id, webhook, fresh=fresh, open_failures=open_failures)
+        if skip is not None:
+            return skip
+        assert webhook is not None
+        sent = False
+        try:
+            result = await self._post(job, webhook, started_at)
+            sent = result.sent
+            return result
+        finally:
+            if not sent:  # blocked or cancelled: a half-open probe that never went out may go again
+                self.circuits.abandon(webhook_id)
+
+    async def _post(self, job: Job, webhook: Webhook, started_at: float) -> AttemptResult:
+        assert self._sender is not None
+        body = job.value
+        headers = request_headers(delivery_id=job.meta.delivery_id, timestamp=int(started_at), body=body,
+                                  secrets=webhook.active_secrets(started_at),
+                                  prefix=self._settings.http.header_prefix)
+        return await self._sender.post(webhook.url, body, headers, connect_timeout_s=webhook.connect_timeout_s,
+                                       total_timeout_s=webhook.total_timeout_s)
+
+    def _internal(self, job: Job, exc: Exception) -> AttemptResult:
+        """An unexpected error while handling ``job``: its failed attempt (class ``internal``), counted and
+        logged with the exception's type and where it was raised; its text without any URL."""
+        self._internal_errors.inc()
+        webhook = self._table.get(job.webhook_id)
+        message = urls.redact(f"{type(exc).__name__}: {exc}", webhook.url if webhook is not None else "")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} {frames[-1].name}" if frames else None
+        log.error("delivery.internal_error", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
+                  attempt=job.meta.attempt, error_type=type(exc).__name__, where=where)
+        return AttemptResult(error_class=INTERNAL, error_message=message[:300])
+
+    # --- conclude ----------------------------------------------------------------------------
+    async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *, dispatched: bool = True) -> None:
+        """Next step of an attempt: disable, attempt log and retry/DLQ record acknowledged, then done.
+        If that fails for this record (not for the broker), the record's attempt is ``internal`` instead."""
+        now = time.time()
+        try:
+            acks = await self._settle(job, result, started_at, now)
+        except KafkaUnavailableError:
+            raise
+        except Exception as exc:  # concluding failed for this record: conclude it as internal
+            acks = await self._settle_internal(job, result, exc, started_at, now)
+        if dispatched:
+            if result.sent:
+                self._dispatcher.observe(job.meta.webhook_id, result.ok, result.duration_s)
+            self._dispatcher.release(job)
+        await self._acknowledged(acks)
+        self._finish(job.ledger, job.offset, job.size)
+
+    async def _settle_internal(self, job: Job, result: AttemptResult, exc: Exception, started_at: float,
+                               now: float) -> list[asyncio.Future[Any]]:
+        """Settle ``job`` as an ``internal`` failure; if even that fails, dead-letter the record as it is."""
+        if result.error_class != INTERNAL:
+            result = self._internal(job, exc)
+            try:
+                return await self._settle(job, result, started_at, now)
+            except KafkaUnavailableError:
+                raise
+            except Exception as again:
+                exc = again
+        assert self._producer is not None
+        message = (result.error_message or type(exc).__name__)[:300]
+        headers = h.replace(job.headers, {h.DLQ_REASON: INTERNAL, h.LAST_ERROR_CLASS: INTERNAL, h.LAST_ERROR: message,
+                                          h.DLQ_AT: round(now, 3), h.DUE_AT: None})
+        log.error("delivery.dead_lettered_as_is", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
+                  error_type=type(exc).__name__)
+        self._metrics.dead_letters.labels(INTERNAL).inc()
+        return [await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key, headers=headers)]
+
+    async def _settle(self, job: Job, result: AttemptResult, started_at: float,
+                      now: float) -> list[asyncio.Future[Any]]:
+        """The step after ``result``, its side effects; the acknowledgements to await."""
+        meta = job.meta
+        step = next_step(result, meta.attempt, self._schedule, now, self._rng)
+        if isinstance(step, DeadLetter) and step.disable:
+            await self._disable(meta.webhook_id, f"410 Gone from the receiver at {records.iso(now)}", "gone")
+        if result.sent and self.circuits.record(meta.webhook_id, result.ok, now):
+            since = self.circuits.failing_since(meta.webhook_id) or now
+            await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
+        acks = await self._follow_up(job, result, step, started_at, now)
+        self._observe(job, result, step, now)
+        return acks
+
+    async def _follow_up(self, job: Job, result: AttemptResult, step: Step, started_at: float,
+                         now: float) -> list[asyncio.Future[Any]]:
+        """Enqueue the attempt log record and the retry/DLQ record; their acknowledgements."""
+        assert self._producer is not None
+        meta = job.meta
+        retry = step if isinstance(step, Retry) else None
+        dead = step if isinstance(step, DeadLetter) else None
+        log_value = records.attempt_record(
+            meta, result, outcome=_outcome(step), next_delay_s=retry.delay if retry else None,
+            dlq_reason=dead.reason if dead else None, started_at=started_at,
+            response_limit=self._settings.http.max_response_bytes)
+        acks = [await self._producer.send(self._topics.attempts, value=log_value,
+                                          key=str(meta.webhook_id).encode())]
+        if retry is not None:
+            headers = records.retry_headers(job.headers, meta, result, retry, started_at)
+            acks.append(await self._producer.send(self._topics.retry(retry.tier), value=job.value,
+                                                  key=job.record_key, headers=headers))
+        elif dead is not None:
+            headers = records.dlq_headers(job.headers, meta, result, dead.reason, started_at, now)
+            acks.append(await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key,
+                                                  headers=headers))
+        return acks
+
+    async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> None:
+        timeout = self._settings.kafka.send_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                for ack in acks:
+                    await ack
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(f"no produce acknowledgement within {timeout}s") from exc
+
+    def _observe(self, job: Job, result: AttemptResult, step: Step, now: float) -> None:
+        meta, m, child = job.meta, self._metrics, self._child
+        outcome = _outcome(step)
+        klass = status_class(result.status)
+        child(m.deliveries, outcome, klass).inc()
+        if meta.attempt == 1:
+            child(m.first_attempts, "success" if result.ok else "failure").inc()
+        if result.sent:
+            child(m.attempt_duration, klass).observe(result.duration_s)
+        next_delay_ms = None
+        if isinstance(step, Ack):
+            event_ts = _timestamp(meta.event_time)
+            if event_ts is not None:
+                m.end_to_end.observe(max(0.0, now - event_ts))
+        elif isinstance(step, Retry):
+            child(m.retries_scheduled, format_delay(step.tier)).inc()
+            next_delay_ms = round(step.delay * 1000)
+        else:
+            child(m.dead_letters, step.reason).inc()
+        emit = log.warning if isinstance(step, DeadLetter) else log.info
+        emit("delivery.attempted", delivery_id=meta.delivery_id, event_id=meta.event_id,
+             webhook_id=meta.webhook_id, account_id=meta.account_id, event_type=meta.event_type,
+             attempt=meta.attempt, status=result.status, duration_ms=round(result.duration_s * 1000, 1),
+             outcome=outcome, next_delay_ms=next_delay_ms, error_class=records.error_class(result),
+             error=records.error_message(result) if not result.ok else None,
+             dlq_reason=step.reason if isinstance(step, DeadLetter) else None)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A labelled child, cached (``labels()`` takes a lock and validates on every call)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    # --- subscriptions -----------------------------------------------------------------------
+    async def _fresh_view(self, job: Job) -> bool:
+        """Whether the table is current as of no earlier than the record's fetch, so that a
+        deleted/disabled verdict is never stale. False: it could not catch up in time."""
+        if self._synced_at < job.fetched_at:
+            if self._sync is None or self._sync.done() or self._sync_started < job.fetched_at:
+                self._sync_started = time.time()
+                self._sync = asyncio.ensure_future(self._sync_table(self._sync_started))
+            await asyncio.shield(self._sync)
+        return self._synced_at >= job.fetched_at
+
+    async def _sync_table(self, started: float) -> None:
+        assert self._probe is not None
+        ends = await kafka.end_offsets(self._probe, self._topics.subscriptions)
+        for tp, end in ends.items():
+            if end <= 0:
+                continue
+            try:
+                await self._table.wait_applied(tp.partition, end - 1, timeout=SYNC_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("delivery.subscriptions_behind", partition=tp.partition, end=end,
+                            waited_s=SYNC_TIMEOUT_S)
+                return
+        self._synced_at = max(self._synced_at, started)
+
+    async def _disable(self, webhook_id: int, reason: str, label: str) -> None:
+        webhook = self._table.get(webhook_id)
+        if webhook is None or not webhook.enabled:
+            return
+        try:
+            await self._store.set_enabled(webhook_id, False, reason)
+        except TimeoutError:
+            log.warning("delivery.disable_unconfirmed", webhook_id=webhook_id)
+        self._metrics.webhooks_auto_disabled.labels(label).inc()
+        log.warning("webhook.disabled", webhook_id=webhook_id, account_id=webhook.account_id, reason=reason)
+
+    def forget_circuits(self) -> None:
+        """Drop the circuit state of webhooks deleted or disabled since: a webhook enabled again starts
+        closed, with a fresh auto-disable clock."""
+        for webhook_id in self.circuits.tracked():
+            webhook = self._table.get(webhook_id)
+            if webhook is None or not webhook.enabled:
+                self.circuits.forget(webhook_id)
+
+
+def _outcome(step: Step) -> str:
+    if isinstance(step, Ack):
+        return "success"
+    return "retry" if isinstance(step, Retry) else "dead_letter"
+
+
+def _timestamp(value: str | None) -> float | None:
+    """Unix time of an event time header (ISO-8601 or unix seconds)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
