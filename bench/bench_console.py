@@ -31,10 +31,10 @@ import aiohttp
 import orjson
 from playwright.async_api import Page, async_playwright
 
+from services.contract.topics import topic_specs
 from services.shared import kafka
 from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
-from services.shared.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

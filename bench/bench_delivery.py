@@ -48,8 +48,9 @@ import orjson
 from bench.limits import cpu_seconds, http_probe, peak_rss_mb
 from bench.receivers import Nginx, PyReceiver
 from schemas.examples import example
+from services.contract.deliveries import delivery_key, first_attempt_headers
+from services.contract.topics import Topics
 from services.shared import kafka
-from services.shared.deliveries import delivery_key, first_attempt_headers
 from services.shared.kafka_local import free_port
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
@@ -61,7 +62,6 @@ from services.shared.subscriptions import (
     new_webhook_id,
     now_iso,
 )
-from services.shared.topics import Topics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SERVE_WITHOUT_METRICS = "--serve-deliver-without-metrics"  # internal: the worker process of a metrics-off run

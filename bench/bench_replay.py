@@ -34,16 +34,17 @@ from typing import Any
 
 import orjson
 
+from services.contract.times import iso
+from services.contract.topics import Topics, topic_specs
 from services.replay.dlq import DlqFilter, list_dead_letters
 from services.replay.engine import Options
 from services.replay.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.replay.replay import replay
-from services.replay.window import Window, iso
+from services.replay.window import Window
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
-from services.shared.topics import Topics, topic_specs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WEBHOOKS = 100

@@ -39,11 +39,11 @@ import aiohttp
 import orjson
 
 from schemas import EVENT_NAMES
+from services.contract.topics import Topics, topic_specs
 from services.shared import kafka
 from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
-from services.shared.topics import Topics, topic_specs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PER_ACCOUNT = 5

@@ -40,11 +40,12 @@ from bench.limits import cpu_seconds, machine_busy_seconds, peak_rss_mb
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, stop_process
 from schemas import DEFAULT_SUBSCRIPTIONS
 from schemas.examples import example
+from services.contract import headers as h
+from services.contract.deliveries import delivery_id
+from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
-from services.shared import headers as h
 from services.shared import kafka
-from services.shared.deliveries import delivery_id
 from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
@@ -56,7 +57,6 @@ from services.shared.subscriptions import (
     new_webhook_id,
     now_iso,
 )
-from services.shared.topics import Topics
 
 # Share of each event type, roughly as a support desk produces them (messages dominate).
 EVENT_MIX = {"message_created": 45, "message_updated": 8, "conversation_updated": 15,

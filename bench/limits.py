@@ -92,9 +92,9 @@ async def kafka_limit(bootstrap: str, records: int, partitions: int, seed: int) 
     from aiokafka import TopicPartition
 
     from bench.e2e import Workload
+    from services.contract.topics import TopicSpec
     from services.shared import kafka
     from services.shared.settings import Settings
-    from services.shared.topics import TopicSpec
 
     settings = Settings(kafka={"bootstrap_servers": bootstrap, "partitions": partitions})
     topic = f"bench-limit-{uuid.uuid4().hex[:10]}"

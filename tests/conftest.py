@@ -15,9 +15,9 @@ from dataclasses import replace
 
 import pytest
 
+from services.contract.topics import Topics, topic_specs
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import Topics, topic_specs
 from tests.kafka_broker import broker_for_tests
 
 pytest_plugins = ["tests.receiver", "tests.containers"]  # a `receiver` fixture; `podman` and `image`

@@ -14,10 +14,11 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from schemas.examples import example
+from services.contract import headers as h
+from services.contract.deliveries import delivery_key, first_attempt_headers
+from services.contract.topics import Topics
 from services.delivery.worker import DeliveryWorker
-from services.shared import headers as h
 from services.shared import kafka
-from services.shared.deliveries import delivery_key, first_attempt_headers
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
@@ -29,7 +30,6 @@ from services.shared.subscriptions import (
     new_webhook_id,
     now_iso,
 )
-from services.shared.topics import Topics
 
 READY_TIMEOUT_S = 30.0
 

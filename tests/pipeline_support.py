@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from services.contract.topics import Topics
 from services.delivery.worker import DeliveryWorker
 from services.router.worker import RouterWorker
 from services.shared import kafka
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics
 
 READY_TIMEOUT_S = 30.0
 

@@ -32,6 +32,7 @@ from services.admin.routes import ROUTES
 from services.admin.service import AccountLocks, WebhookService
 from services.admin.validation import url_error
 from services.console import is_console_page
+from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared.errors import ConfigError, TransportError
 from services.shared.metrics import Metrics
@@ -39,7 +40,6 @@ from services.shared.netguard import NetworkGuard
 from services.shared.runtime import Supervisor
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.test_subscriptions import LiveTable, running_store, running_table
 

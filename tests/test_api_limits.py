@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.admin.routes import SERVICE
+from services.contract.topics import Topics
 from services.replay.api import REPLAY_ROUTES
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 from tests.test_admin_api import ADMIN, ONE, TWO, Api, running_api, with_tokens
 
 HOOKS = "/api/v1/accounts/1/webhooks"

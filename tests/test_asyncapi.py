@@ -20,15 +20,15 @@ from pydantic import BaseModel
 
 from schemas import EVENT_MODELS, EVENT_NAMES
 from schemas.generate import JSON_DIR, schema_id
+from services.contract import headers as h
+from services.contract.deliveries import DeliveryMeta, first_attempt_headers
+from services.contract.topics import Topics, format_delay
 from services.delivery import ping, records
 from services.delivery.attempt import INTERNAL
 from services.delivery.policy import PERMANENT, AttemptResult, Retry
 from services.replay.ledger import Claim, Run
 from services.router.core import REASONS, IncomingEvent, Invalid, route
-from services.shared import headers as h
-from services.shared.deliveries import DeliveryMeta, first_attempt_headers
 from services.shared.settings import Settings
-from services.shared.topics import Topics, format_delay
 from tests import toolchains
 
 DOCUMENT = toolchains.ROOT / "schemas" / "asyncapi.yaml"

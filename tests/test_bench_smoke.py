@@ -13,7 +13,7 @@ import pytest
 from bench import report
 from bench.e2e import Workload, percentile, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
-from services.shared.deliveries import delivery_id
+from services.contract.deliveries import delivery_id
 from services.shared.kafka_local import free_port
 
 

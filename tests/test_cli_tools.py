@@ -13,15 +13,15 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from schemas import validate_event
 from services.admin.cli import EXIT_NOT_FOUND
 from services.admin.service import webhook_view
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.delivery.http import HttpSender
 from services.delivery.ping import send_test
 from services.replay import status as status_mod
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook, read_topic, stack
 from tests.receiver import Receiver

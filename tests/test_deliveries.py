@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from services.shared import headers as h
-from services.shared.deliveries import (
+from services.contract import headers as h
+from services.contract.deliveries import (
     DELIVERY_NAMESPACE,
     DeliveryMeta,
     conversation_of_event_key,

@@ -16,14 +16,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from services import __version__
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.delivery import attempt as attempt_module
 from services.delivery.worker import DeliveryWorker
-from services.shared import headers as h
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.kafka_local import free_port
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
-from services.shared.topics import Topics
 from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.delivery_support import Stack, committed, delivery, make_webhook, produce, read_topic, stack
 from tests.receiver import Behavior, Receiver

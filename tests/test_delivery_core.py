@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import TopicPartition
 
+from services.contract import headers as h
+from services.contract.deliveries import DeliveryMeta, first_attempt_headers
 from services.delivery import records
 from services.delivery.circuit import CLOSED, HALF_OPEN, OPEN, Circuits
 from services.delivery.dispatch import Dispatcher
@@ -23,8 +25,6 @@ from services.delivery.ledger import (
     encode_done,
 )
 from services.delivery.policy import AttemptResult, Retry
-from services.shared import headers as h
-from services.shared.deliveries import DeliveryMeta, first_attempt_headers
 
 TP = TopicPartition("t", 0)
 

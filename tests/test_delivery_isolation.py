@@ -26,8 +26,8 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
+from services.contract import headers as h
 from services.delivery import attempt as attempt_module
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared.kafka_local import free_port
 from services.shared.settings import Settings

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.shared import headers as h
+from services.contract import headers as h
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings

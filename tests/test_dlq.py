@@ -12,8 +12,11 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from services.contract.attempts import AttemptRecord, key
+from services.contract.dead_letters import DeadLetter
+from services.contract.topics import Topics
 from services.delivery.records import iso
-from services.replay.dlq import DeadLetter, DlqFilter, find_dead_letters, list_dead_letters
+from services.replay.dlq import DlqFilter, find_dead_letters, list_dead_letters
 from services.replay.fixtures import (
     DeadSpec,
     Store,
@@ -26,10 +29,8 @@ from services.replay.fixtures import (
 )
 from services.replay.window import Window, parse_time
 from services.shared import kafka
-from services.shared.attempts import AttemptRecord, key
 from services.shared.errors import ValidationError
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -17,6 +17,8 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.replay.api import add_replay_routes
 from services.replay.dlq import DlqFilter
 from services.replay.engine import Options, Summary
@@ -31,10 +33,8 @@ from services.replay.fixtures import (
 )
 from services.replay.replay import replay
 from services.replay.window import Window
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.receiver import Receiver

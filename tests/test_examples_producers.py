@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.shared import headers as h
+from services.contract import headers as h
+from services.contract.deliveries import delivery_id
 from services.shared import kafka
-from services.shared.deliveries import delivery_id
 from services.shared.settings import Settings
 from services.shared.subscriptions import Webhook
 from tests import toolchains

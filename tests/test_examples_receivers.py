@@ -30,11 +30,11 @@ import aiohttp
 import orjson
 import pytest
 
+from services.contract.topics import Topics
 from services.delivery.signing import request_headers
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import SigningSecret, Webhook, new_secret
-from services.shared.topics import Topics
 from tests import toolchains
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce

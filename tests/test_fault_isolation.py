@@ -21,20 +21,21 @@ from pydantic import SecretStr
 
 from services.admin.app import create_app
 from services.admin.service import WebhookService
+from services.contract import headers as h
+from services.contract.dead_letters import DeadLetter
+from services.contract.topics import Topics
 from services.replay import engine as engine_mod
 from services.replay.api import REPLAY_ROUTES
-from services.replay.dlq import DeadLetter, DlqFilter
+from services.replay.dlq import DlqFilter
 from services.replay.engine import Engine, Options, Send, Skip
 from services.replay.fixtures import DeadSpec, cli_env, dead_letter, produce_dead_letters, put_webhooks, running_store
 from services.replay.replay import DlqSource
 from services.replay.window import Window
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared import subscriptions as subs
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, encode_webhook
-from services.shared.topics import Topics
 from tests.log_capture import captured_logs
 from tests.test_replay import read_all
 from tests.test_subscriptions import webhook

@@ -24,9 +24,9 @@ import yaml
 from kubernetes_validate import utils as kv
 from pydantic import BaseModel
 
+from services.contract.topics import topic_specs
 from services.shared.alerts import render_rules
 from services.shared.settings import DEFAULT_RUNBOOK_BASE_URL, Settings
-from services.shared.topics import topic_specs
 from tests.test_alert_rules import run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,8 +26,9 @@ from typing import Any
 import orjson
 import pytest
 
+from services.contract import attempts
 from services.delivery.http import HttpSender
-from services.shared import attempts, kafka
+from services.shared import kafka
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import HttpSettings, Settings
 from services.shared.subscriptions import Webhook

@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 
 from schemas.examples import example
+from services.contract import headers as h
+from services.contract.deliveries import conversation_of_event_key, delivery_id, delivery_key
+from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.replay.engine import Options, Summary
 from services.replay.fixtures import Store, cli_env, put_webhooks, running_store, webhook
@@ -19,12 +22,9 @@ from services.replay.ledger import Ledger
 from services.replay.recover import EventsSource, recover
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.router.core import IncomingEvent, route
-from services.shared import headers as h
 from services.shared import kafka
-from services.shared.deliveries import conversation_of_event_key, delivery_id, delivery_key
 from services.shared.settings import Settings
 from services.shared.subscriptions import Webhook
-from services.shared.topics import Topics
 
 SUBSCRIBED = ["message_created", "conversation_status_changed"]
 

@@ -14,9 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
+from services.contract import headers as h
+from services.contract.attempts import AttemptRecord
+from services.contract.dead_letters import DeadLetter
+from services.contract.topics import Topics
 from services.delivery.records import iso
 from services.replay.attempts import delivery_attempts
-from services.replay.dlq import DeadLetter, DlqFilter, list_dead_letters
+from services.replay.dlq import DlqFilter, list_dead_letters
 from services.replay.engine import Options, Summary
 from services.replay.fixtures import (
     DeadSpec,
@@ -33,11 +37,8 @@ from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
 from services.replay.replay import replay, replay_headers
 from services.replay.window import Window, offset_ranges, read_ranges, reader
-from services.shared import headers as h
 from services.shared import kafka
-from services.shared.attempts import AttemptRecord
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.receiver import Receiver
 

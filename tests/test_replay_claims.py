@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.replay import ledger
 from services.replay.dlq import DlqFilter
 from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Summary
@@ -36,11 +38,9 @@ from services.replay.fixtures import (
 from services.replay.ledger import Claim, Ledger, Run
 from services.replay.replay import DlqSource
 from services.replay.window import Window, offset_ranges, read_ranges, reader
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import Webhook
-from services.shared.topics import Topics
 from tests.delivery_support import make_webhook, stack
 from tests.receiver import Receiver
 

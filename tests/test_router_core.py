@@ -10,11 +10,11 @@ import pytest
 
 from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from schemas.examples import example
+from services.contract import headers as h
+from services.contract.deliveries import DeliveryMeta, delivery_id, first_attempt_headers
 from services.publisher.events import prepare
 from services.router import core
 from services.router.core import IncomingEvent, Invalid, Routed, RoutePolicy, route
-from services.shared import headers as h
-from services.shared.deliveries import DeliveryMeta, delivery_id, first_attempt_headers
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
 

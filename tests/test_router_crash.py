@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from schemas.examples import example
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.publisher.events import prepare
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.test_router import (
     assert_complete,

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from schemas import EVENT_NAMES
 from schemas.examples import example
+from services.contract import headers as h
 from services.router import core
 from services.router.core import IncomingEvent, Invalid, Routed, RoutePolicy, route
-from services.shared import headers as h
 
 ROUTED_AT = "2026-03-04T05:06:07.890Z"
 CE_NAMES = [h.CE_SPECVERSION, h.CE_ID, h.CE_SOURCE, h.CE_TYPE, h.CE_TIME, h.CE_ACCOUNT_ID, "content-type"]

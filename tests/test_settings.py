@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from services.contract.topics import Topics, format_delay, topic_specs
 from services.shared.settings import Settings, render_readme
-from services.shared.topics import Topics, format_delay, topic_specs
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

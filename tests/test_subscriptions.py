@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 
+from services.contract.topics import Topics
 from services.shared import kafka, subscriptions
 from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
@@ -23,7 +24,6 @@ from services.shared.subscriptions import (
     new_secret,
     new_webhook_id,
 )
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.log_capture import captured_logs
 

@@ -37,14 +37,14 @@ from bench.limits import machine_busy_seconds
 from bench.peers import camel
 from bench.receivers import ArrivalLog, Nginx, stop_process
 from schemas.examples import example
+from services.contract.deliveries import delivery_id
+from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import kafka
-from services.shared.deliveries import delivery_id
 from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, new_webhook_id
-from services.shared.topics import Topics
 
 ACCOUNT = 1000
 CONVERSATIONS = 500

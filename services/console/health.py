@@ -17,13 +17,13 @@ from aiohttp import web
 
 from services.console.core import Ctx
 from services.console.html import secured
+from services.contract.attempts import AttemptRecord, decode
+from services.contract.topics import Topics
 from services.replay.attempts import partition_of
 from services.replay.circuits import open_circuits
 from services.replay.window import read_ranges, reader, topic_ends
 from services.shared import kafka
-from services.shared.attempts import AttemptRecord, decode
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 
 MAX_SCAN = 20_000
 TTL_S = 1.0

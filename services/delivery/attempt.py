@@ -23,6 +23,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.contract import headers as h
+from services.contract.topics import Topics, format_delay
 from services.delivery import records
 from services.delivery.circuit import Circuits
 from services.delivery.dispatch import Dispatcher
@@ -41,14 +43,12 @@ from services.delivery.policy import (
     precheck,
 )
 from services.delivery.signing import request_headers
-from services.shared import headers as h
 from services.shared import kafka, urls
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics, status_class
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics, format_delay
 
 log = logs.get("delivery")
 

@@ -16,14 +16,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.contract import headers as h
+from services.contract.deliveries import DeliveryMeta
+from services.contract.topics import Topics
 from services.delivery.commits import Commits
 from services.delivery.ledger import BACKPRESSURE, LOADING, PartitionLedger, Pauses
 from services.delivery.tiers import DueGate
-from services.shared import headers as h
 from services.shared import logging as logs
-from services.shared.deliveries import DeliveryMeta
 from services.shared.settings import DeliverySettings
-from services.shared.topics import Topics
 
 log = logs.get("delivery")
 

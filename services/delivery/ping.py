@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from services.contract.deliveries import DeliveryMeta
+from services.contract.topics import Topics
 from services.delivery import records
 from services.delivery.http import HttpSender
 from services.delivery.policy import AttemptResult
 from services.delivery.signing import request_headers
 from services.shared import kafka
-from services.shared.deliveries import DeliveryMeta
 from services.shared.settings import Settings
 from services.shared.subscriptions import Webhook
-from services.shared.topics import Topics
 
 PING = "ping"
 OUTCOME = "test"

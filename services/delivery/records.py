@@ -1,7 +1,7 @@
 """What a finished attempt writes: retry and dead-letter headers, and the attempt log record.
 
 Retry and DLQ records keep the original value (the exact body) and key; their headers are the
-original ones with the story so far replaced (``services.shared.headers.replace``).
+original ones with the story so far replaced (``services.contract.headers.replace``).
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from services.contract import headers as h
+from services.contract.attempts import AttemptRecord
+from services.contract.deliveries import DeliveryMeta
 from services.delivery.policy import AttemptResult, ErrorClass, Retry
-from services.shared import headers as h
-from services.shared.attempts import AttemptRecord
-from services.shared.deliveries import DeliveryMeta
 
 DLQ_RESPONSE_BYTES = 2048  # of the last response, in a DLQ header
 

@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 
+from services.contract.topics import Topics, format_delay
 from services.delivery.attempt import Attempts
 from services.delivery.commits import Commits
 from services.delivery.dispatch import Dispatcher
@@ -40,7 +41,6 @@ from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
-from services.shared.topics import Topics, format_delay
 
 log = logs.get("delivery")
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import orjson
 
 from schemas import EventValidationError, account_id_of, conversation_key_of, validate_event
-from services.shared import headers as h
+from services.contract import headers as h
 from services.shared.errors import ValidationError
 
 SPECVERSION = "1.0"

@@ -19,12 +19,12 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from services.contract.topics import Topics
 from services.publisher.events import DEFAULT_SOURCE, OutgoingEvent, prepare
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 
 log = logs.get("publisher")
 

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 
 from services.admin.auth import TokenAuthenticator, token_from_headers
 from services.admin.routes import NOT_FOUND, PRINCIPAL
+from services.contract.topics import Topics, format_delay
 from services.replay.attempts import recent_attempts
 from services.replay.dlq import DlqFilter, list_dead_letters
 from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Source
@@ -49,7 +50,6 @@ from services.shared.errors import AkeceError, ValidationError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
-from services.shared.topics import Topics, format_delay
 
 log = logs.get("replay.api")
 

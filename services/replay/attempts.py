@@ -2,7 +2,7 @@
 
 Records are keyed by webhook id, so one webhook's attempts live in one partition (the producer's
 default murmur2 partitioner): a lookup reads that partition only, by time window, group-less.
-Each record is an ``AttemptRecord`` (``services.shared.attempts``: the one module the writer and
+Each record is an ``AttemptRecord`` (``services.contract.attempts``: the one module the writer and
 every reader take their field names from).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
+from services.contract.attempts import AttemptRecord, decode
 from services.replay.window import read_ranges, topic_ends
-from services.shared.attempts import AttemptRecord, decode
 
 CHUNK = 2000
 DEFAULT_MAX_SCAN = 500_000

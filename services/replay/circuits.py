@@ -20,10 +20,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from services.contract.attempts import AttemptRecord, decode
+from services.contract.times import iso
 from services.delivery.ping import OUTCOME as TEST_OUTCOME
 from services.delivery.policy import NOT_SENT, ErrorClass
-from services.replay.window import Window, iso, offset_ranges, read_ranges
-from services.shared.attempts import AttemptRecord, decode
+from services.replay.window import Window, offset_ranges, read_ranges
 from services.shared.errors import KafkaUnavailableError
 
 DEFAULT_WINDOW_S = 900.0

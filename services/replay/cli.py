@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import structlog
 
+from services.contract.attempts import AttemptRecord
+from services.contract.topics import Topics
 from services.replay import render
 from services.replay import status as status_mod
 from services.replay.attempts import delivery_attempts
@@ -31,13 +33,11 @@ from services.replay.replay import replay
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
-from services.shared.attempts import AttemptRecord
 from services.shared.cli import quiet_client_logs
 from services.shared.errors import ValidationError
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
-from services.shared.topics import Topics
 
 EXIT_ABORTED = 1
 EXIT_REFUSED = 3

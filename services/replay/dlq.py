@@ -1,8 +1,7 @@
-"""Reading the dead-letter topic: a ``DeadLetter`` per record, filters, listing a time window.
+"""Reading the dead-letter topic: a ``DeadLetter`` per record (``services.contract.dead_letters``),
+filters, listing a time window.
 
-A DLQ record is the original delivery record (body, key, delivery headers) plus the story headers
-the delivery worker adds (reason, attempts, first/last attempt time, last status or error, response
-excerpt, dead-lettered time). The DLQ is read by time window with a group-less consumer: listing
+The DLQ is read by time window with a group-less consumer: listing
 never moves a committed offset and reads only the window's offsets.
 """
 
@@ -11,107 +10,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from services.replay.window import ReadStats, Window, iso, offset_ranges, read_ranges, reader
-from services.shared import headers as h
+from services.contract import headers as h
+from services.contract.dead_letters import DeadLetter
+from services.contract.topics import Topics
+from services.replay.window import ReadStats, Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import Topics
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
-
-
-_LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z: the last moment a datetime can show
-
-
-def epoch(value: str | None) -> float | None:
-    """Unix seconds from a header holding Unix seconds/milliseconds or ISO-8601; ``None`` when unreadable
-    or outside what a date can show (``nan``, ``1e999``, a negative time): such a header is anyone's input."""
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(value)
-            number = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-        except (ValueError, OverflowError):
-            return None
-    else:
-        number = number / 1000 if number > 1e11 else number
-    return number if 0 <= number <= _LAST_SECOND else None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One DLQ record, parsed. ``headers`` are the record's own, in order, for re-enqueueing."""
-
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    delivery_id: str
-    event_id: str
-    event_type: str
-    account_id: str
-    webhook_id: int | None
-    reason: str
-    attempts: int | None
-    first_attempt_at: float | None
-    last_attempt_at: float | None
-    last_status: int | None
-    last_error: str | None
-    last_error_class: str | None
-    last_response: str | None
-    dead_lettered_at: float
-    replay_id: str | None
-
-    @classmethod
-    def from_record(cls, record: Any) -> DeadLetter:
-        raw = tuple((k, v or b"") for k, v in record.headers or ())
-        values = h.to_dict(raw)
-        return cls(
-            partition=record.partition, offset=record.offset, timestamp_ms=record.timestamp,
-            key=record.key, value=record.value, headers=raw,
-            delivery_id=values.get(h.DELIVERY_ID, ""), event_id=values.get(h.EVENT_ID, ""),
-            event_type=values.get(h.EVENT_TYPE, ""), account_id=values.get(h.ACCOUNT_ID, ""),
-            webhook_id=_int(values.get(h.WEBHOOK_ID)), reason=values.get(h.DLQ_REASON) or "unknown",
-            attempts=_int(values.get(h.ATTEMPTS)) or _int(values.get(h.ATTEMPT)),
-            first_attempt_at=epoch(values.get(h.FIRST_ATTEMPT_AT)),
-            last_attempt_at=epoch(values.get(h.LAST_ATTEMPT_AT)),
-            last_status=_int(values.get(h.LAST_STATUS)), last_error=values.get(h.LAST_ERROR) or None,
-            last_error_class=values.get(h.LAST_ERROR_CLASS) or None,
-            last_response=values.get(h.LAST_RESPONSE) or None,
-            dead_lettered_at=epoch(values.get(h.DLQ_AT)) or record.timestamp / 1000,
-            replay_id=values.get(h.REPLAY_ID) or None,
-        )
-
-    @property
-    def last_outcome(self) -> str:
-        """``HTTP 503``, or the error class and message when no response came back."""
-        if self.last_status is not None:
-            return f"HTTP {self.last_status}"
-        parts = [p for p in (self.last_error_class, self.last_error) if p]
-        return ": ".join(parts) or "-"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id, "event_id": self.event_id, "webhook_id": self.webhook_id,
-            "account_id": self.account_id, "event": self.event_type, "reason": self.reason,
-            "attempts": self.attempts, "last_status": self.last_status, "last_error": self.last_error,
-            "last_error_class": self.last_error_class, "first_attempt_at": iso(self.first_attempt_at),
-            "last_attempt_at": iso(self.last_attempt_at), "dead_lettered_at": iso(self.dead_lettered_at),
-            "replay_id": self.replay_id, "partition": self.partition, "offset": self.offset,
-        }
 
 
 def _split(value: str | Iterable[str] | None) -> frozenset[str]:

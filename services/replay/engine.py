@@ -50,19 +50,19 @@ from typing import Any, Generic, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.replay import ledger
 from services.replay.ledger import CLAIM_PARTITION, Claim, Kind, Ledger, Run, host_name, overlaps, run_id
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
 from services.replay.window import Ranges, ReadStats, Window, offset_ranges, read_ranges, reader, topic_ends
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import AkeceError, ConfigError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore
-from services.shared.topics import Topics
 
 log = logs.get("replay")
 

@@ -19,10 +19,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas.examples import example
-from services.replay.window import iso
-from services.shared import headers as h
+from services.contract import headers as h
+from services.contract.deliveries import delivery_id, delivery_key, first_attempt_headers
+from services.contract.times import iso
 from services.shared import kafka
-from services.shared.deliveries import delivery_id, delivery_key, first_attempt_headers
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
     SigningSecret,

@@ -37,11 +37,12 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel, Field, TypeAdapter
 
-from services.replay.window import Ranges, iso, read_ranges, reader, topic_ends
+from services.contract.times import iso
+from services.contract.topics import Topics
+from services.replay.window import Ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 
 Kind = Literal["replay", "recover"]
 Status = Literal["running", "interrupted", "failed", "done"]

@@ -15,14 +15,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from services.contract import headers as h
+from services.contract.times import iso
+from services.contract.topics import Topics
 from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
 from services.replay.ledger import Kind, now_iso
-from services.replay.window import Window, iso
+from services.replay.window import Window
 from services.router.core import IncomingEvent, Invalid, RoutePolicy, route
-from services.shared import headers as h
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, Webhook
-from services.shared.topics import Topics
 
 _CE = (h.CE_ID, h.CE_TYPE, h.CE_ACCOUNT_ID, h.CE_TIME)
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 
-from services.replay.dlq import DeadLetter
+from services.contract.attempts import AttemptRecord
+from services.contract.dead_letters import DeadLetter
+from services.contract.times import iso
 from services.replay.engine import Plan, Summary
 from services.replay.progress import duration
-from services.replay.window import iso
-from services.shared.attempts import AttemptRecord
 from services.shared.subscriptions import Webhook
 
 MAX_CELL = 60

@@ -15,14 +15,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.replay.dlq import DeadLetter, DlqFilter
+from services.contract import headers as h
+from services.contract.dead_letters import DeadLetter
+from services.contract.topics import Topics
+from services.replay.dlq import DlqFilter
 from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
 from services.replay.ledger import Kind
 from services.replay.window import Window
-from services.shared import headers as h
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, Webhook
-from services.shared.topics import Topics
 
 STORY_HEADERS = (h.FIRST_ATTEMPT_AT, h.LAST_ATTEMPT_AT, h.DUE_AT, h.LAST_STATUS, h.LAST_ERROR,
                  h.LAST_ERROR_CLASS, h.LAST_RESPONSE, h.DLQ_REASON, h.DLQ_AT, h.ATTEMPTS, h.REPLAY_ID,

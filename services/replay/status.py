@@ -24,16 +24,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.contract import headers as h
+from services.contract.times import epoch, iso
+from services.contract.topics import Topics, format_delay
 from services.replay.circuits import CircuitScan, open_circuits
-from services.replay.dlq import epoch
 from services.replay.ledger import Ledger
 from services.replay.render import table
-from services.replay.window import Ranges, Window, iso, offset_ranges, read_ranges, reader, topic_ends
-from services.shared import headers as h
+from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
-from services.shared.topics import Topics, format_delay
 
 DEFAULT_MAX_SCAN = 1_000_000
 

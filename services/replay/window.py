@@ -17,6 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.contract.times import iso
 from services.shared import kafka
 from services.shared.errors import KafkaUnavailableError, ValidationError
 from services.shared.settings import Settings
@@ -46,18 +47,6 @@ def parse_time(text: str, now: datetime, *, field_name: str = "since") -> dateti
         raise ValidationError(f"--{field_name}: {text[:40]!r} is neither ISO-8601 nor relative like 2h, 30m, 7d",
                               field_name) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def iso(moment: datetime | float | None) -> str | None:
-    """ISO-8601 UTC with milliseconds, from a datetime or Unix seconds."""
-    if moment is None:
-        return None
-    try:
-        if not isinstance(moment, datetime):
-            moment = datetime.fromtimestamp(moment, UTC)
-        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    except (ValueError, OverflowError, OSError):  # nan, or beyond what a date can show: a record's odd stamp
-        return None
 
 
 @dataclass(frozen=True)

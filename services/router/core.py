@@ -26,8 +26,8 @@ from schemas import (
     conversation_key_of,
     validate_event,
 )
-from services.shared import headers as h
-from services.shared.deliveries import (
+from services.contract import headers as h
+from services.contract.deliveries import (
     conversation_of_event_key,
     delivery_id,
     delivery_key,

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
 
+from services.contract import headers as h
+from services.contract.topics import Topics
 from services.router.core import (
     IncomingEvent,
     Invalid,
@@ -35,14 +37,12 @@ from services.router.core import (
     iso_time,
     route,
 )
-from services.shared import headers as h
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
-from services.shared.topics import Topics
 
 log = logs.get("router")
 

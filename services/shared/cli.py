@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 
+from services.contract.topics import topic_specs
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.topics import topic_specs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

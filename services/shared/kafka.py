@@ -18,11 +18,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from services.contract.topics import TopicSpec, topic_specs
 from services.shared import logging as logs
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.kafka_security import bootstrap_failures, client_options, explain
 from services.shared.settings import Settings
-from services.shared.topics import TopicSpec, topic_specs
 
 log = logs.get("kafka")
 

@@ -22,12 +22,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 
 log = logs.get("subscriptions")
 

@@ -7,8 +7,10 @@ delay of the retry schedule, named by the delay (``akece.webhooks.retry.5s``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from services.shared.settings import Settings
+if TYPE_CHECKING:  # read, never imported at run time: the contract depends on no other package
+    from services.shared.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
 

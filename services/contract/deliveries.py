@@ -2,7 +2,7 @@
 
 A delivery record's value is the event body, byte for byte. Its key is ``<webhook id>:<conversation>``
 (``<webhook id>:-`` without a conversation), so one webhook's deliveries for one conversation share a
-partition and stay in order. Its headers (``services.shared.headers``) carry the ids, the attempt
+partition and stay in order. Its headers (``services.contract.headers``) carry the ids, the attempt
 number and, after a failure, the story so far. URL and secret are never copied into it: workers
 look them up at delivery time.
 """
@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.shared import headers as h
+from services.contract import headers as h
 
 # Fixed namespace: the same (event id, webhook id) gives the same delivery id forever.
 DELIVERY_NAMESPACE = uuid.UUID("6f1c2a6e-5d0b-4c53-9a52-a3a1c0f0e7b1")
