@@ -41,8 +41,8 @@ from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
 from bench.limits import http_probe, kafka_probe
 from bench.peers.drain import SYSTEMS, PeersRun
 from bench.receivers import Nginx, PyReceiver
+from services.devtools.kafka_local import BOOTSTRAP_ENV, LocalKafka, PortInUseError, free_port, kafka_version
 from services.shared import logging as logs
-from services.shared.kafka_local import BOOTSTRAP_ENV, LocalKafka, PortInUseError, free_port, kafka_version
 
 PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 QUICK = {"events": 10_000, "webhooks": 20, "paced_s": 6.0, "stall_s": 20.0, "probe_s": 3.0, "kafka_records": 20_000}

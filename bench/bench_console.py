@@ -32,8 +32,8 @@ import orjson
 from playwright.async_api import Page, async_playwright
 
 from services.contract.topics import topic_specs
+from services.devtools.kafka_local import free_port
 from services.shared import kafka
-from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

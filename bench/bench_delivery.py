@@ -50,8 +50,8 @@ from bench.receivers import Nginx, PyReceiver
 from schemas.examples import example
 from services.contract.deliveries import delivery_key, first_attempt_headers
 from services.contract.topics import Topics
+from services.devtools.kafka_local import free_port
 from services.shared import kafka
-from services.shared.kafka_local import free_port
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import (

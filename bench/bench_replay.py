@@ -3,7 +3,7 @@
     python -m bench.bench_replay [--dead-letters 100000] [--dlq-size 1000000] [--quick]
 
 Runs against ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092) on fresh topics (deleted
-afterwards). Dead letters are what the delivery worker writes (``services.replay.fixtures``:
+afterwards). Dead letters are what the delivery worker writes (``bench.fixtures``:
 Chatwoot bodies, delivery headers plus the DLQ story), stamped in time order.
 
 1. **Replay**: ``--dead-letters`` dead letters over 100 webhooks in the last two hours; one
@@ -34,11 +34,12 @@ from typing import Any
 
 import orjson
 
+from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
+from services.contract.dead_letters import DlqFilter
 from services.contract.times import iso
 from services.contract.topics import Topics, topic_specs
-from services.replay.dlq import DlqFilter, list_dead_letters
+from services.ops.dlq import list_dead_letters
 from services.replay.engine import Options
-from services.replay.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.replay.replay import replay
 from services.replay.window import Window
 from services.shared import kafka

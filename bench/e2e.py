@@ -43,10 +43,10 @@ from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import delivery_id
 from services.contract.topics import Topics
+from services.devtools.kafka_local import free_port
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import kafka
-from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
     SigningSecret,

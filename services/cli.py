@@ -13,8 +13,9 @@ from services import demo as demo_cli
 from services import run as run_cli
 from services.admin import cli as admin_cli
 from services.delivery import cli as delivery_cli
+from services.devtools import cli as devtools_cli
+from services.ops import cli as ops_cli
 from services.publisher import cli as publisher_cli
-from services.replay import cli as replay_cli
 from services.router import cli as router_cli
 from services.shared import alerts as alerts_cli
 from services.shared import cli as shared_cli
@@ -23,12 +24,13 @@ from services.shared.settings import describe_invalid
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 REGISTRARS: tuple[Register, ...] = (
+    devtools_cli.register,
     shared_cli.register,
     publisher_cli.register,
     admin_cli.register,
     router_cli.register,
     delivery_cli.register,
-    replay_cli.register,
+    ops_cli.register,
     run_cli.register,
     demo_cli.register,
     alerts_cli.register,

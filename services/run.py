@@ -59,7 +59,7 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
     Starts whether or not Kafka answers: the link starts the store's producer once it does.
     """
     if "api" in roles:  # refuse bad tokens at once, before waiting for Kafka
-        from services.admin.auth import TokenAuthenticator
+        from services.shared.auth import TokenAuthenticator
 
         TokenAuthenticator.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())

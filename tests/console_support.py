@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from services.devtools.kafka_local import free_port
 from services.shared import kafka
-from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

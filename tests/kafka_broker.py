@@ -1,7 +1,7 @@
 """Which real Kafka broker the test session uses.
 
 1. ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` set: that broker, untouched (CI services, a shared dev broker).
-2. Otherwise an isolated local broker (``services.shared.kafka_local``) on free ports in a
+2. Otherwise an isolated local broker (``services.devtools.kafka_local``) on free ports in a
    temporary data dir, stopped and removed afterwards.
 3. Only when Java is missing and a Docker engine answers ``docker info`` quickly: testcontainers'
    ``KafkaContainer`` (KRaft). Without Docker that path is skipped and the local broker's error
@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.shared.kafka_local import BOOTSTRAP_ENV, KafkaStatus, LocalKafka, PortInUseError, free_port
+from services.devtools.kafka_local import BOOTSTRAP_ENV, KafkaStatus, LocalKafka, PortInUseError, free_port
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
 START_ATTEMPTS = 3  # free ports can be taken between picking and binding

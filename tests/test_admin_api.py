@@ -27,13 +27,13 @@ from prometheus_client import CollectorRegistry
 from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from services.admin import openapi
 from services.admin.app import ApiWorker, create_app
-from services.admin.auth import Principal, TokenAuthenticator, parse_account_tokens, token_from_headers
 from services.admin.routes import ROUTES
 from services.admin.service import AccountLocks, WebhookService
 from services.admin.validation import url_error
 from services.console import is_console_page
 from services.contract.topics import Topics
 from services.shared import kafka
+from services.shared.auth import Principal, TokenAuthenticator, parse_account_tokens, token_from_headers
 from services.shared.errors import ConfigError, TransportError
 from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard

@@ -9,7 +9,7 @@ import pytest
 
 from services.admin.routes import SERVICE
 from services.contract.topics import Topics
-from services.replay.api import REPLAY_ROUTES
+from services.ops.api import REPLAY_ROUTES
 from services.shared.settings import Settings
 from tests.test_admin_api import ADMIN, ONE, TWO, Api, running_api, with_tokens
 

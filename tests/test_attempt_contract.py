@@ -15,10 +15,10 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
+from bench.fixtures import cli_env
 from services.contract.attempts import FIELDS, AttemptRecord, decode
-from services.replay import status as status_mod
-from services.replay.api import add_replay_routes
-from services.replay.fixtures import cli_env
+from services.ops import status as status_mod
+from services.ops.api import add_replay_routes
 from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, read_topic, stack

@@ -17,7 +17,7 @@ from services.contract import headers as h
 from services.contract.topics import Topics
 from services.delivery.http import HttpSender
 from services.delivery.ping import send_test
-from services.replay import status as status_mod
+from services.ops import status as status_mod
 from services.shared import kafka
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings

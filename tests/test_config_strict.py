@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.admin.auth import TokenAuthenticator, parse_account_tokens
+from services.shared.auth import TokenAuthenticator, parse_account_tokens
 from services.shared.errors import ConfigError
 from services.shared.settings import Settings
 

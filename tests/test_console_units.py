@@ -6,11 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from services.admin.auth import Principal
 from services.console import html
 from services.console.session import CSRF_FIELD, Session, csrf_ok, csrf_token
 from services.console.webhooks import _errors
-from services.replay.dlq import DlqFilter
+from services.contract.dead_letters import DlqFilter
+from services.shared.auth import Principal
 
 
 def _request(origin: str | None) -> Any:

@@ -20,8 +20,8 @@ from services.contract import headers as h
 from services.contract.topics import Topics
 from services.delivery import attempt as attempt_module
 from services.delivery.worker import DeliveryWorker
+from services.devtools.kafka_local import free_port
 from services.shared.errors import ConfigError, KafkaUnavailableError
-from services.shared.kafka_local import free_port
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
 from tests.conftest import create_topics_with_record_limit, make_settings

@@ -28,8 +28,8 @@ from prometheus_client import generate_latest
 
 from services.contract import headers as h
 from services.delivery import attempt as attempt_module
+from services.devtools.kafka_local import free_port
 from services.shared import kafka
-from services.shared.kafka_local import free_port
 from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import Delivery, delivery, make_webhook, produce, read_topic, stack

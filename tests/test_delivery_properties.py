@@ -22,12 +22,12 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.admin.auth import token_from_headers
 from services.contract import attempts
 from services.contract import headers as h
 from services.contract.deliveries import DeliveryMeta, first_attempt_headers
 from services.delivery import records
 from services.delivery.policy import PERMANENT, Ack, AttemptResult, DeadLetter, Retry, RetrySchedule, next_step
+from services.shared.auth import token_from_headers
 
 PROPERTIES = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)  # what Python strings we make can hold

@@ -12,12 +12,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from services.contract.attempts import AttemptRecord, key
-from services.contract.dead_letters import DeadLetter
-from services.contract.topics import Topics
-from services.delivery.records import iso
-from services.replay.dlq import DlqFilter, find_dead_letters, list_dead_letters
-from services.replay.fixtures import (
+from bench.fixtures import (
     DeadSpec,
     Store,
     cli_env,
@@ -27,6 +22,11 @@ from services.replay.fixtures import (
     running_store,
     webhook,
 )
+from services.contract.attempts import AttemptRecord, key
+from services.contract.dead_letters import DeadLetter, DlqFilter
+from services.contract.topics import Topics
+from services.delivery.records import iso
+from services.ops.dlq import find_dead_letters, list_dead_letters
 from services.replay.window import Window, parse_time
 from services.shared import kafka
 from services.shared.errors import ValidationError
@@ -187,7 +187,7 @@ async def _attempt_log(store: Store, topics: Topics, spec: DeadSpec, now: float)
 async def test_status_screen(settings: Settings, topics: Topics) -> None:
     from aiokafka import TopicPartition
 
-    from services.replay import status
+    from services.ops import status
 
     now = time.time()
     retry = topics.retry(1)

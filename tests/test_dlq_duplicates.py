@@ -17,12 +17,7 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application
 
-from services.contract import headers as h
-from services.contract.topics import Topics
-from services.replay.api import add_replay_routes
-from services.replay.dlq import DlqFilter
-from services.replay.engine import Options, Summary
-from services.replay.fixtures import (
+from bench.fixtures import (
     DeadSpec,
     cli_env,
     dead_letter,
@@ -31,6 +26,11 @@ from services.replay.fixtures import (
     running_store,
     webhook,
 )
+from services.contract import headers as h
+from services.contract.dead_letters import DlqFilter
+from services.contract.topics import Topics
+from services.ops.api import add_replay_routes
+from services.replay.engine import Options, Summary
 from services.replay.replay import replay
 from services.replay.window import Window
 from services.shared import kafka

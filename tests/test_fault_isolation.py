@@ -19,16 +19,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from bench.fixtures import DeadSpec, cli_env, dead_letter, produce_dead_letters, put_webhooks, running_store
 from services.admin.app import create_app
 from services.admin.service import WebhookService
 from services.contract import headers as h
-from services.contract.dead_letters import DeadLetter
+from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
+from services.ops.api import REPLAY_ROUTES
 from services.replay import engine as engine_mod
-from services.replay.api import REPLAY_ROUTES
-from services.replay.dlq import DlqFilter
 from services.replay.engine import Engine, Options, Send, Skip
-from services.replay.fixtures import DeadSpec, cli_env, dead_letter, produce_dead_letters, put_webhooks, running_store
 from services.replay.replay import DlqSource
 from services.replay.window import Window
 from services.shared import kafka
@@ -129,7 +128,7 @@ async def test_a_dead_letter_with_impossible_times_is_listed_and_replayed(settin
 
 
 def subs_webhook(webhook_id: int) -> subs.Webhook:
-    from services.replay.fixtures import webhook as fixture_webhook
+    from bench.fixtures import webhook as fixture_webhook
 
     return fixture_webhook(1, webhook_id=webhook_id)
 

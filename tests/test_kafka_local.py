@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.shared.kafka_local import (
+from services.devtools.kafka_local import (
     BOOTSTRAP_ENV,
     HOME_ENV,
     JVM_OPTS_ENV,

@@ -30,9 +30,9 @@ import orjson
 import pytest
 
 from schemas.examples import example
+from services.devtools.kafka_local import LocalKafka, free_port
 from services.publisher.publisher import Publisher
 from services.shared import kafka
-from services.shared.kafka_local import LocalKafka, free_port
 from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack

@@ -28,10 +28,10 @@ import orjson
 import pytest
 
 from schemas.examples import example
+from services.devtools import kafka_local_secure as secure
+from services.devtools.kafka_local import KafkaStatus, LocalKafka, LocalKafkaError, free_port
 from services.publisher.publisher import Publisher
-from services.shared import kafka_local_secure as secure
 from services.shared.errors import KafkaUnavailableError
-from services.shared.kafka_local import KafkaStatus, LocalKafka, LocalKafkaError, free_port
 from services.shared.settings import KafkaSettings, Settings
 from tests.receiver import Receiver
 

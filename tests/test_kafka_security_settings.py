@@ -9,9 +9,9 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from services import cli
+from services.devtools.kafka_local_secure import ensure_material
 from services.shared import kafka
 from services.shared.errors import ConfigError
-from services.shared.kafka_local_secure import ensure_material
 from services.shared.kafka_security import cause, client_options, explain, sasl_password
 from services.shared.settings import Settings
 

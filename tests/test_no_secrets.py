@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.examples import example
 from services.admin.app import create_app
+from services.devtools.kafka_local import free_port
 from services.publisher.publisher import Publisher
-from services.shared.kafka_local import free_port
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable

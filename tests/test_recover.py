@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 
+from bench.fixtures import Store, cli_env, put_webhooks, running_store, webhook
 from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import conversation_of_event_key, delivery_id, delivery_key
 from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.replay.engine import Options, Summary
-from services.replay.fixtures import Store, cli_env, put_webhooks, running_store, webhook
 from services.replay.ledger import Ledger
 from services.replay.recover import EventsSource, recover
 from services.replay.window import Window, offset_ranges, read_ranges, reader

@@ -14,15 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.contract import headers as h
-from services.contract.attempts import AttemptRecord
-from services.contract.dead_letters import DeadLetter
-from services.contract.topics import Topics
-from services.delivery.records import iso
-from services.replay.attempts import delivery_attempts
-from services.replay.dlq import DlqFilter, list_dead_letters
-from services.replay.engine import Options, Summary
-from services.replay.fixtures import (
+from bench.fixtures import (
     DeadSpec,
     Store,
     cli_env,
@@ -32,6 +24,14 @@ from services.replay.fixtures import (
     running_store,
     webhook,
 )
+from services.contract import headers as h
+from services.contract.attempts import AttemptRecord
+from services.contract.dead_letters import DeadLetter, DlqFilter
+from services.contract.topics import Topics
+from services.delivery.records import iso
+from services.ops.attempts import delivery_attempts
+from services.ops.dlq import list_dead_letters
+from services.replay.engine import Options, Summary
 from services.replay.ledger import Ledger
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
@@ -261,7 +261,7 @@ async def test_api_endpoints_enforce_auth_and_account_isolation(kafka_bootstrap:
     from aiohttp.test_utils import TestClient, TestServer
     from aiohttp.web import Application
 
-    from services.replay.api import add_replay_routes
+    from services.ops.api import add_replay_routes
     from tests.conftest import make_settings
 
     settings = make_settings(kafka_bootstrap, **TOKENS)
@@ -325,7 +325,7 @@ async def test_api_mounted_in_the_admin_app(kafka_bootstrap: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from services.admin.app import create_app
-    from services.replay.api import add_replay_routes
+    from services.ops.api import add_replay_routes
     from services.shared.metrics import Metrics
     from tests.conftest import make_settings
 

@@ -21,12 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.contract import headers as h
-from services.contract.topics import Topics
-from services.replay import ledger
-from services.replay.dlq import DlqFilter
-from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Summary
-from services.replay.fixtures import (
+from bench.fixtures import (
     DeadSpec,
     Store,
     cli_env,
@@ -35,6 +30,11 @@ from services.replay.fixtures import (
     running_store,
     webhook,
 )
+from services.contract import headers as h
+from services.contract.dead_letters import DlqFilter
+from services.contract.topics import Topics
+from services.replay import ledger
+from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Summary
 from services.replay.ledger import Claim, Ledger, Run
 from services.replay.replay import DlqSource
 from services.replay.window import Window, offset_ranges, read_ranges, reader
@@ -207,7 +207,7 @@ async def test_two_identical_api_replays_at_once_start_one_run(kafka_bootstrap: 
     from aiohttp.test_utils import TestClient, TestServer
     from aiohttp.web import Application
 
-    from services.replay.api import add_replay_routes
+    from services.ops.api import add_replay_routes
     from tests.conftest import make_settings
 
     settings = make_settings(kafka_bootstrap, api={"admin_token": ADMIN_TOKEN, "port": 0, "host": "127.0.0.1"})

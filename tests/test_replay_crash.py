@@ -16,9 +16,9 @@ from collections import Counter
 
 import orjson
 
+from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.contract import headers as h
 from services.contract.topics import Topics
-from services.replay.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.replay.ledger import Ledger
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.replay import status as status_mod
+from services.ops import status as status_mod
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.receiver import Behavior, Receiver

@@ -23,13 +23,13 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from services.admin import routes
-from services.admin.auth import TokenAuthenticator, token_from_headers
-from services.admin.routes import PRINCIPAL, SERVICE, json_response
+from services.admin.routes import SERVICE, json_response
 from services.admin.service import Clock, WebhookService
 from services.admin.validation import BadRequest, Invalid
 from services.console import add_console
-from services.replay.api import add_replay_routes
+from services.ops.api import add_replay_routes
 from services.shared import logging as logs
+from services.shared.auth import NOT_FOUND, PRINCIPAL, TokenAuthenticator, token_from_headers
 from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
 from services.shared.metrics import Metrics, status_class
 from services.shared.netguard import NetworkGuard
@@ -88,7 +88,7 @@ async def errors(request: web.Request, handler: routes.Handler) -> web.StreamRes
     except Invalid as exc:
         return json_response(exc.body(), status=422)
     except routes.NotFound:
-        return _error(404, routes.NOT_FOUND)
+        return _error(404, NOT_FOUND)
     except NotYetVisibleError as exc:  # before TimeoutError, its base: the write did happen
         log.warning("api.write_not_yet_visible", method=request.method, partition=exc.partition,
                     offset=exc.offset)
@@ -107,7 +107,7 @@ async def errors(request: web.Request, handler: routes.Handler) -> web.StreamRes
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error(exc.status, routes.NOT_FOUND if exc.status == 404 else exc.reason)
+        response = _error(exc.status, NOT_FOUND if exc.status == 404 else exc.reason)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response

@@ -16,8 +16,8 @@ from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from services import __version__
 from services.admin import validation
 from services.admin.routes import ROTATE, ROUTES, WEBHOOK, WEBHOOKS, Route
-from services.replay.api import MAX_LIMIT as RECOVERY_MAX_LIMIT
-from services.replay.api import ROUTES as RECOVERY_ROUTES
+from services.ops.api import MAX_LIMIT as RECOVERY_MAX_LIMIT
+from services.ops.api import ROUTES as RECOVERY_ROUTES
 
 PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
@@ -140,7 +140,7 @@ _SCAN_ERRORS = {
 
 
 def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
-    """Dead letters, replay and recover (``services.replay.api``): JSON in, JSON out."""
+    """Dead letters, replay and recover (``services.ops.api``): JSON in, JSON out."""
     name = path.rsplit("/", 1)[-1].strip("{}")
     scans = name in ("deliveries", "dead_letters", "replay", "recover")
     operation: dict[str, Any] = {

@@ -13,16 +13,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.admin.auth import Principal
 from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import BadRequest, parse_body
+from services.shared.auth import NOT_FOUND, PRINCIPAL
 from services.shared.subscriptions import Webhook
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE = web.AppKey("service", WebhookService)
-PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
-NOT_FOUND = "Resource could not be found"
 
 WEBHOOKS = "/api/v1/accounts/{account_id}/webhooks"
 WEBHOOK = WEBHOOKS + "/{id}"

@@ -14,13 +14,13 @@ from importlib import resources
 
 from aiohttp import web
 
-from services.admin.auth import TokenAuthenticator
 from services.console import html, logs, overview, webhooks
 from services.console.client import http_session
 from services.console.core import CONSOLE, Console, not_found, page
 from services.console.health import HEALTH, HealthCache, health_json
 from services.console.html import esc
 from services.console.session import current, same_origin, sign_in, sign_out
+from services.shared.auth import TokenAuthenticator
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 

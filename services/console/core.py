@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.admin.auth import TokenAuthenticator
 from services.console import html
 from services.console.client import Answer, Api
 from services.console.session import Session, csrf_ok, current
+from services.shared.auth import TokenAuthenticator
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 

@@ -1,7 +1,7 @@
 """The Webhooks page's live columns: each webhook's circuit state and last delivery status.
 
 Both come from the attempt log, as ``akece-webhooks status`` reads it: open circuits through
-``services.replay.circuits.open_circuits`` (its last 15 minutes), the last attempt of each webhook
+``services.ops.circuits.open_circuits`` (its last 15 minutes), the last attempt of each webhook
 from the tail of the partitions its webhooks' attempts live in (at most ``MAX_SCAN`` records each).
 The page shows its rows at once and fills these columns from ``health.json``; one scan runs at a
 time per process and its answer is reused for ``TTL_S`` seconds.
@@ -19,8 +19,8 @@ from services.console.core import Ctx
 from services.console.html import secured
 from services.contract.attempts import AttemptRecord, decode
 from services.contract.topics import Topics
-from services.replay.attempts import partition_of
-from services.replay.circuits import open_circuits
+from services.ops.attempts import partition_of
+from services.ops.circuits import open_circuits
 from services.replay.window import read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared.settings import Settings

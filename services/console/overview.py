@@ -1,6 +1,6 @@
 """The SRE overview (admin token only): the pipeline's status and every account's webhooks.
 
-The status is ``akece-webhooks status``'s own report (``services.replay.status.collect``): lag per
+The status is ``akece-webhooks status``'s own report (``services.ops.status.collect``): lag per
 consumer group, retry tiers, dead letters by reason over the last hour and day, open circuits,
 disabled webhooks and unfinished replays. The webhook list reads the subscription table, filtered
 by the search box (id, account, URL or name).
@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 from services.console import html
 from services.console.core import Ctx
 from services.console.html import esc, when
-from services.replay.status import collect, to_json
+from services.ops.status import collect, to_json
 from services.shared.errors import AkeceError
 from services.shared.subscriptions import Webhook
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from services.admin.auth import Principal, TokenAuthenticator
+from services.shared.auth import Principal, TokenAuthenticator
 
 COOKIE = "akece_session"
 COOKIE_PATH = "/app"

@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from schemas.examples import GUIDE_EXAMPLE, example
 from services.demo.receiver import FAILING_PATH, OK_PATH, DemoReceiver
+from services.devtools.kafka_local import LocalKafka
 from services.publisher.publisher import Publisher
 from services.run import ROLES, run_roles
 from services.shared import kafka
 from services.shared import logging as logs
-from services.shared.kafka_local import LocalKafka
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 

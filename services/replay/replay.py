@@ -16,9 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from services.contract import headers as h
-from services.contract.dead_letters import DeadLetter
+from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
-from services.replay.dlq import DlqFilter
 from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
 from services.replay.ledger import Kind
 from services.replay.window import Window

@@ -1,4 +1,4 @@
-"""Shared subcommands: ``kafka start|stop|status|reset`` and ``topics ensure``."""
+"""Shared subcommand: ``topics ensure``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from services.shared.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from services.shared.kafka_local import add_kafka_parser
-
-    add_kafka_parser(sub)
     topics = sub.add_parser("topics", help="manage the pipeline's topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     ensure = topics_sub.add_parser("ensure", help="create every topic the pipeline uses (idempotent)")

@@ -10,6 +10,9 @@ the token in Chatwoot's ``api_access_token`` header or as ``Authorization: Beare
 Tokens are kept only as SHA-256 digests; the presented token's digest is compared with every
 known one by ``hmac.compare_digest``, without an early exit, so timing tells nothing about which
 token matched or how much of one did. Tokens are never logged.
+
+The management API (``services.admin``), the operations API (``services.ops.api``) and the console
+share this module: ``PRINCIPAL`` is where the auth middleware leaves the caller on a request.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiohttp import web
 
 from services.shared.errors import ConfigError
 from services.shared.settings import Settings
@@ -40,6 +45,8 @@ class Principal:
 
 
 ADMIN = Principal(None)
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
+NOT_FOUND = "Resource could not be found"  # Chatwoot's body of a 404
 
 
 def _digest(token: str) -> bytes:

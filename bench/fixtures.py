@@ -119,7 +119,7 @@ class Store(SubscriptionStore):
 @asynccontextmanager
 async def running_store(settings: Settings) -> AsyncIterator[Store]:
     """A caught-up subscription table with a store writing through a started producer."""
-    from services.replay.cli import running_table
+    from services.ops.cli import running_table
 
     async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
         yield Store(settings, table, producer)

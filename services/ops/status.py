@@ -9,7 +9,7 @@
   the records when the day holds at most ``max_scan`` of them, else only the hour's, else totals).
 - Disabled webhooks and why (subscription table); replays not finished (ledger).
 - Open circuits: each lives in one delivery worker's memory; the screen shows them as the attempt log
-  does across all workers (``services.replay.circuits``), and each worker's ``akece_webhooks_circuits_open``.
+  does across all workers (``services.ops.circuits``), and each worker's ``akece_webhooks_circuits_open``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.contract import headers as h
 from services.contract.times import epoch, iso
 from services.contract.topics import Topics, format_delay
-from services.replay.circuits import CircuitScan, open_circuits
+from services.ops.circuits import CircuitScan, open_circuits
+from services.ops.render import table
 from services.replay.ledger import Ledger
-from services.replay.render import table
 from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared.settings import Settings

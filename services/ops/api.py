@@ -16,7 +16,7 @@ adds, under ``/api/v1/accounts/{account_id}/webhooks/{id}``:
 - ``GET .../replays/{replay_id}``: a run's state from the ledger (this webhook's runs only).
 
 Auth: the caller's ``Principal`` set by the admin app's middleware, or (mounted elsewhere) the
-token of the request checked by ``services.admin.auth``. A caller who may not act on the account,
+token of the request checked by ``services.shared.auth``. A caller who may not act on the account,
 or a webhook of another account, gets 404 with the admin API's body, revealing nothing.
 """
 
@@ -33,19 +33,19 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.admin.auth import TokenAuthenticator, token_from_headers
-from services.admin.routes import NOT_FOUND, PRINCIPAL
+from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics, format_delay
-from services.replay.attempts import recent_attempts
-from services.replay.dlq import DlqFilter, list_dead_letters
+from services.ops.attempts import recent_attempts
+from services.ops.dlq import list_dead_letters
+from services.ops.render import plan_json
 from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Source
 from services.replay.ledger import Ledger
 from services.replay.recover import EventsSource
-from services.replay.render import plan_json
 from services.replay.replay import DlqSource
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.auth import NOT_FOUND, PRINCIPAL, TokenAuthenticator, token_from_headers
 from services.shared.errors import AkeceError, ValidationError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings

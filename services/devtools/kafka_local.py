@@ -50,7 +50,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from services.shared import kafka_local_secure as secure
+from services.devtools import kafka_local_secure as secure
 from services.shared.errors import AkeceError
 
 HOST = "127.0.0.1"

@@ -1,5 +1,5 @@
-"""Reading the dead-letter topic: a ``DeadLetter`` per record (``services.contract.dead_letters``),
-filters, listing a time window.
+"""Reading the dead-letter topic: a ``DeadLetter`` per record matching a ``DlqFilter`` (both in
+``services.contract.dead_letters``), listing a time window.
 
 The DLQ is read by time window with a group-less consumer: listing
 never moves a committed offset and reads only the window's offsets.
@@ -8,64 +8,14 @@ never moves a committed offset and reads only the window's offsets.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from services.contract import headers as h
-from services.contract.dead_letters import DeadLetter
+from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
 from services.replay.window import ReadStats, Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
-
-
-def _split(value: str | Iterable[str] | None) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    items = value.split(",") if isinstance(value, str) else value
-    return frozenset(i.strip() for i in items if i and i.strip())
-
-
-@dataclass(frozen=True)
-class DlqFilter:
-    """What to match (every given field must match; several values of one field: any of them)."""
-
-    accounts: frozenset[str] = field(default_factory=frozenset)
-    webhooks: frozenset[int] = field(default_factory=frozenset)
-    events: frozenset[str] = field(default_factory=frozenset)
-    reasons: frozenset[str] = field(default_factory=frozenset)
-    deliveries: frozenset[str] = field(default_factory=frozenset)  # delivery ids: a selection of dead letters
-
-    @classmethod
-    def of(cls, *, account: str | Iterable[str] | int | None = None, webhook: str | Iterable[str] | int | None = None,
-           event: str | Iterable[str] | None = None, reason: str | Iterable[str] | None = None,
-           delivery: str | Iterable[str] | None = None) -> DlqFilter:
-        accounts = _split(str(account) if isinstance(account, int) else account)
-        hooks = _split(str(webhook) if isinstance(webhook, int) else webhook)
-        return cls(accounts, frozenset(int(w) for w in hooks), _split(event), _split(reason), _split(delivery))
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DlqFilter:
-        return cls(frozenset(map(str, data.get("accounts", ()))), frozenset(map(int, data.get("webhooks", ()))),
-                   frozenset(data.get("events", ())), frozenset(data.get("reasons", ())),
-                   frozenset(data.get("deliveries", ())))
-
-    def to_json(self) -> dict[str, list[Any]]:
-        """Canonical form (sorted lists): part of a replay's identity (``deliveries`` only when given, so
-        the identity of a filter without a selection is what it always was)."""
-        canonical: dict[str, list[Any]] = {"accounts": sorted(self.accounts), "webhooks": sorted(self.webhooks),
-                                           "events": sorted(self.events), "reasons": sorted(self.reasons)}
-        if self.deliveries:
-            canonical["deliveries"] = sorted(self.deliveries)
-        return canonical
-
-    def matches(self, dead: DeadLetter) -> bool:
-        return ((not self.accounts or dead.account_id in self.accounts)
-                and (not self.webhooks or dead.webhook_id in self.webhooks)
-                and (not self.events or dead.event_type in self.events)
-                and (not self.reasons or dead.reason in self.reasons)
-                and (not self.deliveries or dead.delivery_id in self.deliveries))
 
 
 @dataclass

@@ -20,11 +20,12 @@ import orjson
 import structlog
 
 from services.contract.attempts import AttemptRecord
+from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
-from services.replay import render
-from services.replay import status as status_mod
-from services.replay.attempts import delivery_attempts
-from services.replay.dlq import DlqFilter, find_dead_letters, list_dead_letters
+from services.ops import render
+from services.ops import status as status_mod
+from services.ops.attempts import delivery_attempts
+from services.ops.dlq import find_dead_letters, list_dead_letters
 from services.replay.engine import Options, Plan, ReplayRefusedError, Summary
 from services.replay.ledger import Ledger
 from services.replay.progress import Progress
