@@ -12,14 +12,13 @@ from services import __version__
 from services import demo as demo_cli
 from services import run as run_cli
 from services.admin import cli as admin_cli
-from services.delivery import cli as delivery_cli
 from services.devtools import cli as devtools_cli
 from services.ops import cli as ops_cli
 from services.publisher import cli as publisher_cli
-from services.router import cli as router_cli
 from services.shared import alerts as alerts_cli
 from services.shared import cli as shared_cli
 from services.shared.errors import AkeceError
+from services.shared.exits import Exit
 from services.shared.settings import describe_invalid
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
@@ -27,9 +26,10 @@ REGISTRARS: tuple[Register, ...] = (
     devtools_cli.register,
     shared_cli.register,
     publisher_cli.register,
+    run_cli.register_api,
     admin_cli.register,
-    router_cli.register,
-    delivery_cli.register,
+    run_cli.register_router,
+    run_cli.register_deliver,
     ops_cli.register,
     run_cli.register,
     demo_cli.register,
@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except AkeceError as exc:
         print(f"akece-webhooks: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except ValidationError as exc:  # the settings (AKECE_* variables): one line naming each variable
         if exc.title != "Settings":
             raise
         print(f"akece-webhooks: invalid configuration: {describe_invalid(exc)}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     except KeyboardInterrupt:
         return 130
     return code

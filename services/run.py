@@ -1,8 +1,15 @@
-"""The composition root: ``akece-webhooks run --role all|api|router|delivery``.
+"""The composition root: every role is built here, for ``run --role``, ``router``, ``deliver`` and ``api``.
+
+    akece-webhooks run --role all|api|router|delivery   (repeatable; default all)
+    akece-webhooks router [--group-id G] [--until-idle] [--max-records N]
+    akece-webhooks deliver [--group-id G] [--until-idle]
+    akece-webhooks api
 
 Every role runs under the one supervisor with the subscription table it needs. ``all`` runs api,
 router and delivery in one process (development, small installs); production runs each role as its
-own process and scales by instance count.
+own process and scales by instance count. The process starts whether or not Kafka answers and rides
+out its outages (``services.shared.outage``). The supervisor's deadline is the delivery grace
+period plus ``SHUTDOWN_MARGIN_S``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +30,16 @@ from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 
 ROLES = ("api", "router", "delivery")
+SHUTDOWN_MARGIN_S = 10.0  # the supervisor's deadline beyond the delivery grace period
+
+
+@dataclass(frozen=True)
+class RoleOptions:
+    """How the router and delivery roles run: their consumer group, and whether they end by themselves."""
+
+    group_id: str | None = None
+    until_idle: bool = False
+    max_records: int | None = None  # router only
 
 
 def table_metrics(metrics: Metrics) -> SubscriptionTable.OnChange:
@@ -33,28 +51,85 @@ def table_metrics(metrics: Metrics) -> SubscriptionTable.OnChange:
     return update
 
 
-def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionTable, store: SubscriptionStore,
-                  metrics: Metrics, link: BrokerLink) -> list[Worker]:
-    """The link first, then the table and the roles; what reads Kafka rides out its outages."""
-    workers: list[Worker] = [link, RidesOut(lambda: table, link)]
+class TableUntil:
+    """The subscription table as a worker that keeps following until ``done`` (not the global stop),
+    so a draining delivery worker can still disable a webhook (read-your-writes needs the table)."""
+
+    def __init__(self, table: SubscriptionTable, done: asyncio.Event) -> None:
+        self.name = table.name
+        self._table = table
+        self._done = done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._table.run(self._done)
+
+    def ready(self) -> bool:
+        return self._table.ready()
+
+
+class StopsWhenDone:
+    """Runs a worker that may end by itself (idle, enough records, drained); when it returns, the
+    other workers stop and ``done`` (if given) is set."""
+
+    def __init__(self, worker: Worker, done: asyncio.Event | None = None) -> None:
+        self.name = worker.name
+        self._worker = worker
+        self._done = done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._worker.run(stop)
+        finally:
+            if self._done is not None:
+                self._done.set()
+            stop.set()
+
+    def ready(self) -> bool:
+        return self._worker.ready()
+
+
+def build_workers(settings: Settings, roles: Sequence[str], table: SubscriptionTable,
+                  store: SubscriptionStore | None, metrics: Metrics, link: BrokerLink,
+                  options: RoleOptions = RoleOptions()) -> list[Worker]:
+    """The link first, then the table and the roles; what reads Kafka rides out its outages. With the
+    delivery role, the table follows until the delivery worker has drained."""
+    table_worker: Worker = table
+    delivered: asyncio.Event | None = None
+    if "delivery" in roles:
+        delivered = asyncio.Event()
+        table_worker = TableUntil(table, delivered)
+    workers: list[Worker] = [link, RidesOut(lambda: table_worker, link)]
     if "api" in roles:  # serves through an outage: reads from the table, writes refused with 503
         from services.admin.app import ApiWorker
 
+        assert store is not None
         workers.append(ApiWorker(settings, table, store, metrics))
     if "router" in roles:
         from services.router.worker import RouterWorker
 
-        workers.append(RidesOut(lambda: RouterWorker(settings, table, metrics), link))
+        def router() -> RouterWorker:
+            return RouterWorker(settings, table, metrics, group_id=options.group_id, until_idle=options.until_idle,
+                                max_records=options.max_records)
+
+        workers.append(StopsWhenDone(RidesOut(router, link)))
     if "delivery" in roles:
         from services.delivery.worker import DeliveryWorker
 
-        workers.append(RidesOut(lambda: DeliveryWorker(settings, table, store, metrics), link))
+        assert store is not None
+        writer: SubscriptionStore = store
+
+        def delivery() -> DeliveryWorker:
+            return DeliveryWorker(settings, table, writer, metrics, group_id=options.group_id,
+                                  until_idle=options.until_idle)
+
+        workers.append(StopsWhenDone(RidesOut(delivery, link), delivered))
     return workers
 
 
-async def run_roles(settings: Settings, roles: Sequence[str], *, registry: CollectorRegistry | None = None,
-                    stop: asyncio.Event | None = None, install_signals: bool = True) -> int:
-    """Run ``roles`` until a signal (or ``stop``). Returns the process exit code.
+async def run_roles(settings: Settings, roles: Sequence[str], *, options: RoleOptions = RoleOptions(),
+                    registry: CollectorRegistry | None = None, stop: asyncio.Event | None = None,
+                    install_signals: bool = True) -> int:
+    """Run ``roles`` until a signal, ``stop``, or a role's own end. Returns the process exit code.
 
     Starts whether or not Kafka answers: the link starts the store's producer once it does.
     """
@@ -64,13 +139,14 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
         TokenAuthenticator.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
     table = SubscriptionTable(settings, on_change=table_metrics(metrics), metrics=metrics)
-    producer = kafka.producer(settings)
-    link = BrokerLink(settings, clients=[producer])
-    store = SubscriptionStore(settings, table, producer, available=link.ready)
+    writes = "api" in roles or "delivery" in roles  # webhooks: CRUD, auto-disable
+    producer = kafka.producer(settings) if writes else None
+    link = BrokerLink(settings, clients=[producer] if producer is not None else [])
+    store = SubscriptionStore(settings, table, producer, available=link.ready) if producer is not None else None
     supervisor = Supervisor(
-        build_workers(settings, roles, table, store, metrics, link), metrics=metrics,
+        build_workers(settings, roles, table, store, metrics, link, options), metrics=metrics,
         metrics_host=settings.metrics.host, metrics_port=settings.metrics.port,
-        shutdown_deadline=settings.delivery.shutdown_grace_s + 10, stop=stop)
+        shutdown_deadline=settings.delivery.shutdown_grace_s + SHUTDOWN_MARGIN_S, stop=stop)
     for worker in supervisor.states:
         bind = getattr(worker.worker, "bind_health", None)
         if bind is not None:  # the API serves /healthz and /readyz of the whole process
@@ -81,11 +157,34 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, registry: Colle
         await link.close()
 
 
+# --- commands ----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run pipeline roles under one supervisor")
     run.add_argument("--role", action="append", choices=[*ROLES, "all"],
                      help="role(s) to run; repeat for several (default: all)")
     run.set_defaults(func=run_command)
+
+
+def register_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    api = sub.add_parser("api", help="run the webhook management API (with its subscription table)")
+    api.set_defaults(func=api_command)
+
+
+def register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    router = sub.add_parser("router", help="route events to one delivery record per matching webhook")
+    router.add_argument("--group-id", default=None, help="consumer group (default: <topic prefix>.router)")
+    router.add_argument("--until-idle", action="store_true",
+                        help="exit 0 once every assigned partition is routed to its end (tests, benchmarks)")
+    router.add_argument("--max-records", type=int, default=None, help="exit 0 after routing this many events")
+    router.set_defaults(func=router_command)
+
+
+def register_deliver(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    deliver = sub.add_parser("deliver", help="deliver webhooks: deliveries topic and retry tiers")
+    deliver.add_argument("--group-id", default=None, help="consumer group (default <prefix>.delivery)")
+    deliver.add_argument("--until-idle", action="store_true",
+                         help="exit once every partition is read and nothing is in flight or scheduled")
+    deliver.set_defaults(func=deliver_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -95,3 +194,22 @@ def run_command(args: argparse.Namespace) -> int:
     logs.get("run").info("run.starting", roles=list(roles), metrics_port=settings.metrics.port,
                          api_port=settings.api.port if "api" in roles else None)
     return run_async(run_roles(settings, roles))
+
+
+def api_command(_: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings)
+    return run_async(run_roles(settings, ("api",)))
+
+
+def router_command(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings)
+    options = RoleOptions(group_id=args.group_id, until_idle=args.until_idle, max_records=args.max_records)
+    return run_async(run_roles(settings, ("router",), options=options))
+
+
+def deliver_command(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logs.configure(settings)
+    return run_async(run_roles(settings, ("delivery",), options=RoleOptions(args.group_id, args.until_idle)))

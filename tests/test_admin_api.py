@@ -577,7 +577,7 @@ async def test_cli_mirror(settings: Settings, topics: Topics) -> None:
     duplicate = await cli("create", "--account", "5", "--url", "http://127.0.0.1:9/hook")
     assert duplicate.returncode == 2 and "Url has already been taken" in duplicate.stderr
     assert (await cli("delete", str(hook["id"]))).returncode == 0
-    assert (await cli("delete", str(hook["id"]))).returncode == 3
+    assert (await cli("delete", str(hook["id"]))).returncode == 4
     assert orjson.loads((await cli("list", "--json")).stdout) == []
 
 

@@ -11,7 +11,6 @@ import orjson
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from schemas import validate_event
-from services.admin.cli import EXIT_NOT_FOUND
 from services.admin.service import webhook_view
 from services.contract import headers as h
 from services.contract.topics import Topics
@@ -19,6 +18,7 @@ from services.delivery.http import HttpSender
 from services.delivery.ping import send_test
 from services.ops import status as status_mod
 from services.shared import kafka
+from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
@@ -94,7 +94,7 @@ async def test_webhooks_get_shows_one_webhook_with_its_secret_masked(settings: S
     assert view["secret"] != secret
 
     missing = await cli(settings, "webhooks", "get", "999")
-    assert (missing.code, missing.err.strip()) == (EXIT_NOT_FOUND, "webhook 999 not found")
+    assert (missing.code, missing.err.strip()) == (Exit.NOT_FOUND, "webhook 999 not found")
 
 
 async def test_webhooks_test_sends_a_signed_ping_and_records_it(settings: Settings, topics: Topics,
@@ -125,7 +125,7 @@ async def test_webhooks_test_sends_a_signed_ping_and_records_it(settings: Settin
     assert (result["ok"], result["status"], result["response_excerpt"]) == (False, 500, '{"error":"boom"}')
 
     missing = await cli(settings, "webhooks", "test", "999")
-    assert (missing.code, missing.err.strip()) == (EXIT_NOT_FOUND, "webhook 999 not found")
+    assert (missing.code, missing.err.strip()) == (Exit.NOT_FOUND, "webhook 999 not found")
 
 
 async def test_failed_test_pings_open_no_circuit_in_status(kafka_bootstrap: str, receiver: Receiver) -> None:

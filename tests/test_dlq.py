@@ -169,7 +169,7 @@ async def test_cli_list_table_json_and_show(settings: Settings, topics: Topics) 
     text = _cli(settings, "dlq", "show", specs[0].delivery_id)
     assert "attempt history:" in text.stdout and "webhook 101 (account 1) enabled" in text.stdout
     missing = _cli(settings, "dlq", "show", "00000000-0000-0000-0000-000000000000")
-    assert missing.returncode == 1
+    assert missing.returncode == 4
 
 
 async def _attempt_log(store: Store, topics: Topics, spec: DeadSpec, now: float) -> None:

@@ -151,7 +151,7 @@ async def test_cli_recover(settings: Settings, topics: Topics) -> None:
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["enqueued"] == 1
     missing = _cli(settings, "--webhook", "999", "--yes")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 4 and "does not exist" in missing.stderr
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

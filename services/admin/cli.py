@@ -1,4 +1,4 @@
-"""``akece-webhooks api`` and ``akece-webhooks webhooks list|create|update|delete|rotate-secret`` (``get`` and
+"""``akece-webhooks webhooks list|create|update|delete|rotate-secret`` (``get`` and
 ``test``: ``services.admin.webhook_tools``).
 
 The ``webhooks`` commands talk to Kafka through the same table and store as the API (and the same
@@ -23,20 +23,15 @@ from services.admin.validation import Invalid
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.cli import quiet_client_logs
+from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
-from services.shared.runtime import run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
 
 READY_TIMEOUT_S = 60.0
-EXIT_REFUSED = 2
-EXIT_NOT_FOUND = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    api = sub.add_parser("api", help="run the webhook management API (with its subscription table)")
-    api.set_defaults(func=api_command)
-
     hooks = sub.add_parser("webhooks", help="manage webhooks directly in Kafka (no API needed)")
     actions = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list webhooks")
@@ -62,22 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for action in (listing, create, update, delete, rotate):
         action.add_argument("--json", action="store_true", help="print JSON instead of a table")
         action.set_defaults(func=webhooks_command)
-    webhook_tools.register(actions, not_found=EXIT_NOT_FOUND)
-
-
-# --- api ---------------------------------------------------------------------------------------
-def api_command(_: argparse.Namespace) -> int:
-    settings = Settings()
-    logs.configure(settings)
-    return run_async(serve_api(settings))
-
-
-async def serve_api(settings: Settings, *, stop: asyncio.Event | None = None,
-                    install_signals: bool = True) -> int:
-    """Run the subscription table and the API under the supervisor until a signal (or ``stop``)."""
-    from services.run import run_roles
-
-    return await run_roles(settings, ("api",), stop=stop, install_signals=install_signals)
+    webhook_tools.register(actions)
 
 
 # --- webhooks ----------------------------------------------------------------------------------
@@ -118,10 +98,10 @@ async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
             result = await _dispatch(service, args)
         except Invalid as exc:
             print(f"refused: {exc.message}", file=sys.stderr)
-            return EXIT_REFUSED
+            return Exit.USAGE
         if result is None:
             print(f"webhook {args.id} not found", file=sys.stderr)
-            return EXIT_NOT_FOUND
+            return Exit.NOT_FOUND
         reveal = args.webhooks_command in ("create", "rotate-secret")
         _print(result, service.now(), reveal=reveal, as_json=args.json)
     return 0

@@ -3,8 +3,8 @@
 ``get`` shows one webhook (its secret masked). ``test`` POSTs a signed ``ping`` to it at once
 (``services.delivery.ping``), prints the status, the latency and the start of the response, and
 records the attempt in the attempt log as a test. Exit codes: 0 the webhook answered 2xx (``get``:
-found), 1 it did not (a status or a connection error), and the ``webhooks`` commands' not-found code
-when no webhook has that id.
+found), 1 it did not (a status or a connection error), 4 no webhook has that id
+(``services.shared.exits``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from services.delivery.ping import PingResult, send_test
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.cli import quiet_client_logs
+from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 
 READY_TIMEOUT_S = 60.0
-EXIT_FAILED = 1
 
 
-def register(actions: argparse._SubParsersAction, *, not_found: int) -> None:  # type: ignore[type-arg]
-    """Add ``get`` and ``test`` to the ``webhooks`` subcommands; ``not_found``: their exit code for an unknown id."""
+def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``get`` and ``test`` to the ``webhooks`` subcommands."""
     get = actions.add_parser("get", help="show one webhook (secret masked)",
                              description="Show one webhook. Example: akece-webhooks webhooks get 42")
     get.add_argument("id", type=int, help="the webhook id")
@@ -45,7 +45,7 @@ def register(actions: argparse._SubParsersAction, *, not_found: int) -> None:  #
     test.add_argument("id", type=int, help="the webhook id")
     for action in (get, test):
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
-        action.set_defaults(func=tools_command, not_found=not_found)
+        action.set_defaults(func=tools_command)
 
 
 def tools_command(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         webhook = table.get(args.id)
         if webhook is None:
             print(f"webhook {args.id} not found", file=sys.stderr)
-            return int(args.not_found)
+            return Exit.NOT_FOUND
         if args.webhooks_command == "get":
             view = webhook_view(webhook, time.time())
             print(orjson.dumps(view).decode() if args.json else format_view(view))
@@ -89,7 +89,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 kafka.started(kafka.producer(settings)) as producer:
             sent = await send_test(settings, webhook, sender, producer)
     print(orjson.dumps(test_view(sent, args.id)).decode() if args.json else format_test(sent, args.id))
-    return 0 if sent.result.ok else EXIT_FAILED
+    return Exit.OK if sent.result.ok else Exit.FAILED
 
 
 def format_view(view: dict[str, Any]) -> str:

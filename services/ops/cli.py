@@ -1,10 +1,10 @@
 """``dlq list|show|replay``, ``recover`` and ``status``: the SRE's tools for what failed.
 
 Output for people goes to stdout (tables, plans, summaries; ``--json`` for scripts); progress and
-logs go to stderr. Exit codes: 0 done (or dry run / nothing to do), 1 aborted or not found, 3
-refused (already replayed, or running elsewhere: also when an identical run started at the same
-moment won the claim; the one-line ``refused: ...`` on stderr names it), 2 an error (bad input,
-Kafka unreachable).
+logs go to stderr. Exit codes (``services.shared.exits``): 0 done (or dry run / nothing to do), 1
+aborted, 2 an error (bad input, Kafka unreachable), 3 refused (already replayed, or running
+elsewhere: also when an identical run started at the same moment won the claim; the one-line
+``refused: ...`` on stderr names it), 4 not found (no such dead letter or webhook).
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.cli import quiet_client_logs
 from services.shared.errors import ValidationError
+from services.shared.exits import Exit
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 
-EXIT_ABORTED = 1
-EXIT_REFUSED = 3
 TABLE_READY_S = 30.0
 DEFAULT_SINCE = "24h"
 
@@ -173,7 +172,7 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
     found = await find_dead_letters(settings, args.delivery_id, Window.parse(args.since, None))
     if not found:
         print(f"no dead letter with delivery id {args.delivery_id} since {args.since}", file=sys.stderr)
-        return EXIT_ABORTED
+        return Exit.NOT_FOUND
     dead = found[-1]
     attempts: list[AttemptRecord] = []
     truncated = False
@@ -236,7 +235,7 @@ def _report(args: argparse.Namespace, kind: str, summary: Summary, filters: dict
             if sample and summary.status == "dry_run":
                 print("sample:\n" + sample)
         print(render.summary_text(summary))
-    return {"refused": EXIT_REFUSED, "aborted": EXIT_ABORTED}.get(summary.status, 0)
+    return {"refused": Exit.REFUSED, "aborted": Exit.FAILED}.get(summary.status, 0)
 
 
 async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,7 +250,7 @@ async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
                                    progress=_progress(args.json))
         except ReplayRefusedError as exc:
             print(f"refused: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+            return Exit.REFUSED
     return _report(args, "replay", summary, filters.to_json())
 
 
@@ -261,7 +260,7 @@ async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
         webhook = table.get(args.webhook)
         if webhook is None:
             print(f"webhook {args.webhook} does not exist", file=sys.stderr)
-            return EXIT_ABORTED
+            return Exit.NOT_FOUND
         filters = {"webhook": webhook.id, "account": webhook.account_id, "events": webhook.subscriptions}
         store = SubscriptionStore(settings, table, producer)
         try:
@@ -269,7 +268,7 @@ async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
                                     confirm=_confirm(args, "recover", filters), progress=_progress(args.json))
         except ReplayRefusedError as exc:
             print(f"refused: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+            return Exit.REFUSED
     return _report(args, "recover", summary, filters)
 
 

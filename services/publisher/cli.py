@@ -22,6 +22,7 @@ from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared.cli import quiet_client_logs
 from services.shared.errors import KafkaUnavailableError, ValidationError
+from services.shared.exits import Exit
 from services.shared.settings import Settings
 
 
@@ -98,12 +99,12 @@ def publish_command(args: argparse.Namespace) -> int:
         events, errors = prepare_all(_payloads(args), args.source)
     except ValidationError as exc:
         print(f"refused: {exc}; nothing was published", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     if errors:
         for error in errors:
             print(f"refused: {error}", file=sys.stderr)
         print(f"{len(errors)} invalid payload(s); nothing was published", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     if args.dry_run:
         for event in events:
             print(f"valid    {event.event_type:30} account={event.account_id} key={event.key.decode()}")
@@ -114,7 +115,7 @@ def publish_command(args: argparse.Namespace) -> int:
         return asyncio.run(_send(events, args.source))
     except KafkaUnavailableError as exc:
         print(f"publish: {exc}", file=sys.stderr)
-        return 1
+        return Exit.FAILED
 
 
 def _payloads(args: argparse.Namespace) -> list[Any]:
