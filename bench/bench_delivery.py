@@ -49,18 +49,16 @@ from bench.limits import cpu_seconds, http_probe, peak_rss_mb
 from bench.receivers import Nginx, PyReceiver
 from schemas.examples import example
 from services.contract.deliveries import delivery_key, first_attempt_headers
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.devtools.kafka_local import free_port
 from services.shared import kafka
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
-    SigningSecret,
     Webhook,
     encode_webhook,
-    new_secret,
     new_webhook_id,
-    now_iso,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,9 +74,8 @@ def say(message: str) -> None:
 
 def webhooks(count: int, base_url: str) -> list[Webhook]:
     stamp = now_iso()
-    return [Webhook(id=new_webhook_id(), account_id=1 + n % 20, url=f"{base_url}/{n}",
-                    subscriptions=["message_created"], created_at=stamp, updated_at=stamp,
-                    secrets=[SigningSecret(secret=new_secret(), created_at=stamp)]) for n in range(count)]
+    return [Webhook.new(id=new_webhook_id(), account_id=1 + n % 20, url=f"{base_url}/{n}",
+                        subscriptions=["message_created"], created_at=stamp) for n in range(count)]
 
 
 async def prepare(settings: Settings, hooks: list[Webhook], deliveries: int) -> int:

@@ -39,8 +39,8 @@ from services.contract.dead_letters import DlqFilter
 from services.contract.times import iso
 from services.contract.topics import Topics, topic_specs
 from services.ops.dlq import list_dead_letters
+from services.replay.dlq_source import replay
 from services.replay.engine import Options
-from services.replay.replay import replay
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared import logging as logs

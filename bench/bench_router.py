@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas import EVENT_NAMES
 from schemas.examples import example
+from services.contract.times import now_iso
 from services.contract.topics import Topics, topic_specs
 from services.publisher.events import OutgoingEvent, prepare
 from services.router.core import IncomingEvent, Routed, RoutePolicy, route
@@ -49,7 +50,7 @@ from services.shared import logging as logs
 from services.shared.metrics import Metrics
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook, now_iso
+from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
 
 REPEATS = 5
 RESULTS = Path(__file__).resolve().parent / "results"

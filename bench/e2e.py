@@ -42,6 +42,7 @@ from schemas import DEFAULT_SUBSCRIPTIONS
 from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import delivery_id
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.devtools.kafka_local import free_port
 from services.publisher.events import OutgoingEvent, prepare
@@ -49,13 +50,10 @@ from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
-    SigningSecret,
     SubscriptionStore,
     SubscriptionTable,
     Webhook,
-    new_secret,
     new_webhook_id,
-    now_iso,
 )
 
 # Share of each event type, roughly as a support desk produces them (messages dominate).
@@ -120,9 +118,8 @@ class Workload:
 
 def webhook_record(hook: Hook, url: str) -> Webhook:
     now = now_iso()
-    return Webhook(id=hook.id, account_id=hook.account, name=f"bench {hook.id}", url=url,
-                   subscriptions=list(DEFAULT_SUBSCRIPTIONS), created_at=now, updated_at=now,
-                   secrets=[SigningSecret(secret=new_secret(), created_at=now)])
+    return Webhook.new(id=hook.id, account_id=hook.account, name=f"bench {hook.id}", url=url,
+                       subscriptions=list(DEFAULT_SUBSCRIPTIONS), created_at=now)
 
 
 # ------------------------------------------------------------------ scenarios and configuration

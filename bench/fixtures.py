@@ -25,11 +25,10 @@ from services.contract.times import iso
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
-    SigningSecret,
     SubscriptionStore,
     SubscriptionTable,
     Webhook,
-    new_secret,
+    caught_up_table,
     new_webhook_id,
 )
 
@@ -97,10 +96,9 @@ async def produce_dead_letters(producer: AIOKafkaProducer, topic: str, specs: It
 def webhook(account_id: int, *, url: str = "http://127.0.0.1:9/hook", subscriptions: Iterable[str] | None = None,
             enabled: bool = True, created_days_ago: float = 30.0, webhook_id: int | None = None) -> Webhook:
     created = iso(datetime.now(UTC) - timedelta(days=created_days_ago)) or ""
-    return Webhook(id=webhook_id or new_webhook_id(), account_id=account_id, url=url,
-                   subscriptions=list(subscriptions or ["message_created", "conversation_created"]),
-                   enabled=enabled, disabled_reason=None if enabled else "HTTP 410 Gone", created_at=created,
-                   updated_at=created, secrets=[SigningSecret(secret=new_secret(), created_at=created)])
+    return Webhook.new(id=webhook_id or new_webhook_id(), account_id=account_id, url=url,
+                       subscriptions=list(subscriptions or ["message_created", "conversation_created"]),
+                       enabled=enabled, disabled_reason=None if enabled else "HTTP 410 Gone", created_at=created)
 
 
 async def put_webhooks(store: SubscriptionStore, hooks: Iterable[Webhook]) -> list[Webhook]:
@@ -119,9 +117,7 @@ class Store(SubscriptionStore):
 @asynccontextmanager
 async def running_store(settings: Settings) -> AsyncIterator[Store]:
     """A caught-up subscription table with a store writing through a started producer."""
-    from services.ops.cli import running_table
-
-    async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
+    async with caught_up_table(settings, timeout=30.0) as table, kafka.started(kafka.producer(settings)) as producer:
         yield Store(settings, table, producer)
 
 

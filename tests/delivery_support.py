@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import delivery_key, first_attempt_headers
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.delivery.worker import DeliveryWorker
 from services.shared import kafka
@@ -28,7 +29,6 @@ from services.shared.subscriptions import (
     Webhook,
     new_secret,
     new_webhook_id,
-    now_iso,
 )
 
 READY_TIMEOUT_S = 30.0

@@ -26,7 +26,7 @@ from services.contract.topics import Topics, format_delay
 from services.delivery import ping, records
 from services.delivery.attempt import INTERNAL
 from services.delivery.policy import PERMANENT, AttemptResult, Retry
-from services.replay.ledger import Claim, Run
+from services.replay.runs import Claim, Run
 from services.router.core import REASONS, IncomingEvent, Invalid, route
 from services.shared.settings import Settings
 from tests import toolchains

@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from services.contract import headers as h
 from services.contract.deliveries import DeliveryMeta, first_attempt_headers
 from services.delivery import records
-from services.delivery.circuit import CLOSED, HALF_OPEN, OPEN, Circuits
+from services.delivery.breaker import CLOSED, HALF_OPEN, OPEN, Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.ledger import (
     BACKPRESSURE,

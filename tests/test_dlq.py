@@ -24,8 +24,8 @@ from bench.fixtures import (
 )
 from services.contract.attempts import AttemptRecord, key
 from services.contract.dead_letters import DeadLetter, DlqFilter
+from services.contract.times import iso_time as iso
 from services.contract.topics import Topics
-from services.delivery.records import iso
 from services.ops.dlq import find_dead_letters, list_dead_letters
 from services.replay.window import Window, parse_time
 from services.shared import kafka

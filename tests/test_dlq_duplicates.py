@@ -30,8 +30,8 @@ from services.contract import headers as h
 from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
 from services.ops.api import add_replay_routes
+from services.replay.dlq_source import replay
 from services.replay.engine import Options, Summary
-from services.replay.replay import replay
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared.settings import Settings

@@ -27,8 +27,8 @@ from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
 from services.ops.api import REPLAY_ROUTES
 from services.replay import engine as engine_mod
+from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine, Options, Send, Skip
-from services.replay.replay import DlqSource
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared import subscriptions as subs

@@ -29,13 +29,14 @@ import yaml
 
 from schemas.examples import example
 from services.admin.app import ApiWorker
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.delivery.worker import DeliveryWorker
 from services.publisher.publisher import Publisher
 from services.router.worker import RouterWorker
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import SigningSecret, Webhook, encode_webhook, new_secret, new_webhook_id, now_iso
+from services.shared.subscriptions import SigningSecret, Webhook, encode_webhook, new_secret, new_webhook_id
 from tests.promql_names import exported_families, family, referenced_metrics
 from tests.receiver import Receiver
 

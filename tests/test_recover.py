@@ -18,8 +18,8 @@ from services.contract.deliveries import conversation_of_event_key, delivery_id,
 from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.replay.engine import Options, Summary
-from services.replay.ledger import Ledger
 from services.replay.recover import EventsSource, recover
+from services.replay.runs import Ledger
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.router.core import IncomingEvent, route
 from services.shared import kafka

@@ -27,15 +27,15 @@ from bench.fixtures import (
 from services.contract import headers as h
 from services.contract.attempts import AttemptRecord
 from services.contract.dead_letters import DeadLetter, DlqFilter
+from services.contract.times import iso_time as iso
 from services.contract.topics import Topics
-from services.delivery.records import iso
 from services.ops.attempts import delivery_attempts
 from services.ops.dlq import list_dead_letters
+from services.replay.dlq_source import replay, replay_headers
 from services.replay.engine import Options, Summary
-from services.replay.ledger import Ledger
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
-from services.replay.replay import replay, replay_headers
+from services.replay.runs import Ledger
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -344,7 +344,7 @@ async def test_api_mounted_in_the_admin_app(kafka_bootstrap: str) -> None:
 
 
 async def test_an_interrupted_forced_run_resumes_as_forced(settings: Settings, topics: Topics) -> None:
-    from services.replay import ledger
+    from services.replay import runs as ledger
 
     now = time.time()
     async with running_store(settings) as store:

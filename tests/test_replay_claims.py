@@ -33,10 +33,10 @@ from bench.fixtures import (
 from services.contract import headers as h
 from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
-from services.replay import ledger
+from services.replay import runs as ledger
+from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Summary
-from services.replay.ledger import Claim, Ledger, Run
-from services.replay.replay import DlqSource
+from services.replay.runs import Claim, Ledger, Run
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings

@@ -19,7 +19,7 @@ import orjson
 from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.contract import headers as h
 from services.contract.topics import Topics
-from services.replay.ledger import Ledger
+from services.replay.runs import Ledger
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings

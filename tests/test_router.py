@@ -22,6 +22,7 @@ from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import DeliveryMeta, delivery_id
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
@@ -32,7 +33,7 @@ from services.shared.errors import ConfigError
 from services.shared.metrics import Metrics
 from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook, now_iso
+from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
 from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.test_admin_api import running_api, with_tokens
 from tests.test_subscriptions import LiveTable

@@ -11,6 +11,7 @@ import pytest
 from schemas import DEFAULT_SUBSCRIPTIONS, EVENT_NAMES
 from schemas.examples import example
 from services.contract import headers as h
+from services.contract import times
 from services.contract.deliveries import DeliveryMeta, delivery_id, first_attempt_headers
 from services.publisher.events import prepare
 from services.router import core
@@ -222,5 +223,5 @@ def test_times() -> None:
     assert core.epoch_of("2026-03-04T05:06:07.000Z") == EVENT_AT.timestamp()
     assert core.epoch_of("2026-03-04T05:06:07") == EVENT_AT.timestamp()
     assert core.epoch_of("yesterday") is None and core.epoch_of(None) is None
-    assert core.iso_time(EVENT_AT.timestamp()) == "2026-03-04T05:06:07.000Z"
+    assert times.iso_time(EVENT_AT.timestamp()) == "2026-03-04T05:06:07.000Z"
     assert core.event_type_label("message_created") == "message_created"

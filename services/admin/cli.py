@@ -26,7 +26,7 @@ from services.shared.cli import quiet_client_logs
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.subscriptions import SubscriptionStore, Webhook, caught_up_table
 
 READY_TIMEOUT_S = 60.0
 
@@ -64,25 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[WebhookService]:
     """A service over a caught-up table and a started producer, for one command."""
-    stop = asyncio.Event()
-    async with kafka.started(kafka.producer(settings)) as producer:
-        table = SubscriptionTable(settings)
-        following = asyncio.create_task(table.run(stop))
-        try:
-            ready = asyncio.create_task(table.wait_ready())
-            await asyncio.wait({following, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-            if following.done():
-                following.result()  # the table failed (e.g. topic missing): raise its error
-            if not ready.done():
-                ready.cancel()
-                raise TimeoutError(f"the subscription table did not catch up within {READY_TIMEOUT_S:g}s")
-            yield WebhookService(table, SubscriptionStore(settings, table, producer),
-                                 NetworkGuard(settings.allowed_private_cidrs),
-                                 secret_overlap_s=settings.api.secret_overlap_s,
-                                 max_webhooks=settings.api.max_webhooks_per_account)
-        finally:
-            stop.set()
-            await following
+    async with kafka.started(kafka.producer(settings)) as producer, \
+            caught_up_table(settings, timeout=READY_TIMEOUT_S) as table:
+        yield WebhookService(table, SubscriptionStore(settings, table, producer),
+                             NetworkGuard(settings.allowed_private_cidrs),
+                             secret_overlap_s=settings.api.secret_overlap_s,
+                             max_webhooks=settings.api.max_webhooks_per_account)
 
 
 def webhooks_command(args: argparse.Namespace) -> int:

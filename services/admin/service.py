@@ -13,11 +13,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from services.admin import validation
 from services.admin.validation import Invalid
+from services.contract.times import iso_time
 from services.shared import logging as logs
 from services.shared.errors import BlockedDestinationError, TransportError
 from services.shared.netguard import NetworkGuard
@@ -36,8 +36,6 @@ DISABLED_BY_API = "disabled_by_api"
 Clock = Callable[[], float]
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask_secret(secret: str | None) -> str | None:
@@ -129,10 +127,9 @@ class WebhookService:
             webhook_id = new_webhook_id()
             while self.table.get(webhook_id) is not None:
                 webhook_id = new_webhook_id()
-            now = _iso(self.now())
-            webhook = Webhook(id=webhook_id, account_id=account_id, created_at=now, updated_at=now,
-                              secrets=[SigningSecret(secret=new_secret(), created_at=now)],
-                              **_fields(changes, enabled=changes.get("enabled", True)))
+            now = iso_time(self.now())
+            webhook = Webhook.new(id=webhook_id, account_id=account_id, created_at=now,
+                                  **_fields(changes, enabled=changes.get("enabled", True)))
             await self._store.put(webhook)
         log.info("webhook.created", webhook_id=webhook.id, account_id=account_id,
                  host=validation.url_host(webhook.url), events=len(webhook.subscriptions))
@@ -147,7 +144,7 @@ class WebhookService:
             if "url" in changes and changes["url"] != current.url:
                 await self._check_url(account_id, changes["url"], webhook_id)
             update = _fields(changes, enabled=changes.get("enabled", current.enabled))
-            update["updated_at"] = _iso(self.now())
+            update["updated_at"] = iso_time(self.now())
             webhook = await self._store.put(current.model_copy(update=update))
         log.info("webhook.updated", webhook_id=webhook_id, account_id=account_id, fields=sorted(changes),
                  enabled=webhook.enabled)
@@ -204,5 +201,5 @@ def rotated(webhook: Webhook, now: float, overlap_s: float) -> Webhook:
     expires = now + overlap_s
     kept = [s.model_copy(update={"expires_at": min(s.expires_at or expires, expires)})
             for s in webhook.secrets if s.expires_at is None or s.expires_at > now]
-    fresh = SigningSecret(secret=new_secret(), created_at=_iso(now))
-    return webhook.model_copy(update={"secrets": [fresh, *kept], "updated_at": _iso(now)})
+    fresh = SigningSecret(secret=new_secret(), created_at=iso_time(now))
+    return webhook.model_copy(update={"secrets": [fresh, *kept], "updated_at": iso_time(now)})

@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -28,7 +26,7 @@ from services.shared.cli import quiet_client_logs
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable
+from services.shared.subscriptions import caught_up_table
 
 READY_TIMEOUT_S = 60.0
 
@@ -55,28 +53,9 @@ def tools_command(args: argparse.Namespace) -> int:
     return asyncio.run(_run(settings, args))
 
 
-@asynccontextmanager
-async def caught_up_table(settings: Settings) -> AsyncIterator[SubscriptionTable]:
-    """The subscription table, read to the end of the topic, for one command."""
-    stop = asyncio.Event()
-    table = SubscriptionTable(settings)
-    following = asyncio.create_task(table.run(stop))
-    try:
-        ready = asyncio.create_task(table.wait_ready())
-        await asyncio.wait({following, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        if following.done():
-            following.result()  # the table failed (e.g. topic missing): raise its error
-        if not ready.done():
-            ready.cancel()
-            raise TimeoutError(f"the subscription table did not catch up within {READY_TIMEOUT_S:g}s")
-        yield table
-    finally:
-        stop.set()
-        await following
-
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    async with caught_up_table(settings) as table:
+    async with caught_up_table(settings, timeout=READY_TIMEOUT_S) as table:
         webhook = table.get(args.id)
         if webhook is None:
             print(f"webhook {args.id} not found", file=sys.stderr)

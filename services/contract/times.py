@@ -7,9 +7,23 @@ is UTC.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z: the last moment a datetime can show
+
+
+def iso_time(moment: datetime | float) -> str:
+    """ISO-8601 UTC with milliseconds, from a datetime (naive: UTC) or Unix seconds."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return iso_time(time.time())
 
 
 def iso(moment: datetime | float | None) -> str | None:
@@ -18,9 +32,7 @@ def iso(moment: datetime | float | None) -> str | None:
     if moment is None:
         return None
     try:
-        if not isinstance(moment, datetime):
-            moment = datetime.fromtimestamp(moment, UTC)
-        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_time(moment)
     except (ValueError, OverflowError, OSError):
         return None
 

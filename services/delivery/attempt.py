@@ -17,16 +17,16 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.contract import headers as h
+from services.contract.times import epoch, iso_time
 from services.contract.topics import Topics, format_delay
 from services.delivery import records
-from services.delivery.circuit import Circuits
+from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.http import HttpSender
 from services.delivery.intake import Job, Malformed
@@ -208,10 +208,10 @@ class Attempts:
         meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
         if isinstance(step, DeadLetter) and step.disable:
-            await self._disable(meta.webhook_id, f"410 Gone from the receiver at {records.iso(now)}", "gone")
+            await self._disable(meta.webhook_id, f"410 Gone from the receiver at {iso_time(now)}", "gone")
         if result.sent and self.circuits.record(meta.webhook_id, result.ok, now):
             since = self.circuits.failing_since(meta.webhook_id) or now
-            await self._disable(meta.webhook_id, f"no successful delivery since {records.iso(since)}", "failing")
+            await self._disable(meta.webhook_id, f"no successful delivery since {iso_time(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
         self._observe(job, result, step, now)
         return acks
@@ -259,7 +259,7 @@ class Attempts:
             child(m.attempt_duration, klass).observe(result.duration_s)
         next_delay_ms = None
         if isinstance(step, Ack):
-            event_ts = _timestamp(meta.event_time)
+            event_ts = epoch(meta.event_time)
             if event_ts is not None:
                 m.end_to_end.observe(max(0.0, now - event_ts))
         elif isinstance(step, Retry):
@@ -333,16 +333,3 @@ def _outcome(step: Step) -> str:
         return "success"
     return "retry" if isinstance(step, Retry) else "dead_letter"
 
-
-def _timestamp(value: str | None) -> float | None:
-    """Unix time of an event time header (ISO-8601 or unix seconds)."""
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None

@@ -146,10 +146,6 @@ class Ledger:
         ledger = self._partitions.get(tp)
         return ledger.head_due_at() if ledger is not None else None
 
-    def unfinished(self, tp: TopicPartition) -> int:
-        ledger = self._partitions.get(tp)
-        return len(ledger) if ledger is not None else 0
-
     def drop(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self._partitions.pop(tp, None)
@@ -182,9 +178,6 @@ class Pauses:
         if not reasons:
             del self._reasons[tp]
             self._consumer.resume(tp)
-
-    def has(self, tp: TopicPartition, reason: str) -> bool:
-        return reason in self._reasons.get(tp, ())
 
     def partitions(self, reason: str) -> list[TopicPartition]:
         return [tp for tp, reasons in self._reasons.items() if reason in reasons]

@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.contract.deliveries import DeliveryMeta
+from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.delivery import records
 from services.delivery.http import HttpSender
@@ -60,7 +61,7 @@ def ping_body(webhook: Webhook, test_id: str, now: float) -> bytes:
         "id": test_id,
         "webhook_id": webhook.id,
         "account": {"id": webhook.account_id},
-        "created_at": records.iso(now),
+        "created_at": iso_time(now),
         "message": "Test delivery from Akece Webhooks",
     })
 
@@ -68,7 +69,7 @@ def ping_body(webhook: Webhook, test_id: str, now: float) -> bytes:
 def attempt_meta(webhook: Webhook, delivery_id: str, started_at: float) -> DeliveryMeta:
     return DeliveryMeta(delivery_id=delivery_id, event_id=delivery_id, event_type=PING,
                         account_id=str(webhook.account_id), webhook_id=webhook.id, attempt=1,
-                        event_time=records.iso(started_at))
+                        event_time=iso_time(started_at))
 
 
 async def send_test(settings: Settings, webhook: Webhook, sender: HttpSender,

@@ -7,18 +7,16 @@ original ones with the story so far replaced (``services.contract.headers.replac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from services.contract import headers as h
 from services.contract.attempts import AttemptRecord
 from services.contract.deliveries import DeliveryMeta
+from services.contract.times import iso_time
 from services.delivery.policy import AttemptResult, ErrorClass, Retry
 
 DLQ_RESPONSE_BYTES = 2048  # of the last response, in a DLQ header
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def error_class(result: AttemptResult) -> str | None:
@@ -83,7 +81,7 @@ def attempt_record(meta: DeliveryMeta, result: AttemptResult, *, outcome: str, n
         outcome=outcome,
         next_delay_ms=round(next_delay_s * 1000) if next_delay_s is not None else None,
         dlq_reason=dlq_reason,
-        time=iso(started_at),
+        time=iso_time(started_at),
         response_excerpt=excerpt(result.body, response_limit) if result.body else None,
         replay_id=meta.replay_id,
     ).encode()

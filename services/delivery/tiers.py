@@ -44,9 +44,6 @@ class DueGate:
         self._timers.pop(tp, None)
         self._pauses.discard(tp, DUE)
 
-    def held(self, tp: TopicPartition) -> bool:
-        return tp in self._timers
-
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions revoked: their timers no longer matter."""
         for tp in tps:

@@ -39,6 +39,7 @@ from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
+from services.shared.runtime import first_of
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 
@@ -96,7 +97,7 @@ class DeliveryWorker:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        if not await _until_first(self._table.wait_ready(), stop):
+        if not await first_of(self._table.wait_ready(), stop):
             return
         settings = self._settings
         producer = kafka.producer(settings)
@@ -297,15 +298,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._worker.assigned(set(assigned))
-
-
-async def _until_first(waiting: Any, stop: asyncio.Event) -> bool:
-    """Await ``waiting`` unless ``stop`` comes first. True if it completed."""
-    task = asyncio.ensure_future(waiting)
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not task.done():
-        task.cancel()
-        return False
-    return True

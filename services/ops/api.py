@@ -38,10 +38,10 @@ from services.contract.topics import Topics, format_delay
 from services.ops.attempts import recent_attempts
 from services.ops.dlq import list_dead_letters
 from services.ops.render import plan_json
+from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Source
-from services.replay.ledger import Ledger
 from services.replay.recover import EventsSource
-from services.replay.replay import DlqSource
+from services.replay.runs import Ledger
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -26,11 +25,11 @@ from services.ops import render
 from services.ops import status as status_mod
 from services.ops.attempts import delivery_attempts
 from services.ops.dlq import find_dead_letters, list_dead_letters
+from services.replay.dlq_source import replay
 from services.replay.engine import Options, Plan, ReplayRefusedError, Summary
-from services.replay.ledger import Ledger
 from services.replay.progress import Progress
 from services.replay.recover import recover
-from services.replay.replay import replay
+from services.replay.runs import Ledger
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
@@ -39,7 +38,7 @@ from services.shared.errors import ValidationError
 from services.shared.exits import Exit
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.subscriptions import SubscriptionStore, caught_up_table
 
 TABLE_READY_S = 30.0
 DEFAULT_SINCE = "24h"
@@ -132,26 +131,6 @@ def _filter_of(args: argparse.Namespace) -> DlqFilter:
         raise ValidationError("--webhook takes numeric webhook ids", "webhook") from None
 
 
-@asynccontextmanager
-async def running_table(settings: Settings) -> AsyncIterator[SubscriptionTable]:
-    """The subscription table, caught up, followed until the block ends."""
-    table = SubscriptionTable(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(table.run(stop))
-    ready = asyncio.create_task(table.wait_ready())
-    try:
-        await asyncio.wait({task, ready}, timeout=TABLE_READY_S, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # raises what stopped it
-        if not table.ready():
-            raise TimeoutError("the subscription table did not catch up")
-        yield table
-    finally:
-        ready.cancel()
-        stop.set()
-        if not task.done():
-            await task
-
 
 async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     listing = await list_dead_letters(settings, _filter_of(args), Window.parse(args.since, args.until),
@@ -182,7 +161,7 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
             attempts, truncated = await delivery_attempts(consumer, Topics.from_settings(settings).attempts,
                                                           dead.webhook_id, dead.delivery_id,
                                                           since_ms=int(since * 1000))
-    async with running_table(settings) as table:
+    async with caught_up_table(settings, timeout=TABLE_READY_S) as table:
         webhook = table.get(dead.webhook_id) if dead.webhook_id is not None else None
     book = await Ledger.load(settings)
     replays = [r.id for r in book.of_kind("replay") if r.covers(dead.partition, dead.offset)
@@ -241,7 +220,8 @@ def _report(args: argparse.Namespace, kind: str, summary: Summary, filters: dict
 async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     filters = _filter_of(args)
     window = Window.parse(args.since, args.until)
-    async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
+    async with (caught_up_table(settings, timeout=TABLE_READY_S) as table,
+                kafka.started(kafka.producer(settings)) as producer):
         store = SubscriptionStore(settings, table, producer)
         try:
             summary = await replay(settings, filters, window, lookup=table.get, producer=producer,
@@ -256,7 +236,8 @@ async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
 
 async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
     window = Window.parse(args.since, args.until)
-    async with running_table(settings) as table, kafka.started(kafka.producer(settings)) as producer:
+    async with (caught_up_table(settings, timeout=TABLE_READY_S) as table,
+                kafka.started(kafka.producer(settings)) as producer):
         webhook = table.get(args.webhook)
         if webhook is None:
             print(f"webhook {args.webhook} does not exist", file=sys.stderr)
@@ -273,7 +254,7 @@ async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    async with running_table(settings) as table:
+    async with caught_up_table(settings, timeout=TABLE_READY_S) as table:
         report = await status_mod.collect(settings, table, max_scan=args.max_scan)
     if args.json:
         _dump(status_mod.to_json(report))

@@ -29,7 +29,7 @@ from services.contract.times import epoch, iso
 from services.contract.topics import Topics, format_delay
 from services.ops.circuits import CircuitScan, open_circuits
 from services.ops.render import table
-from services.replay.ledger import Ledger
+from services.replay.runs import Ledger
 from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared.settings import Settings

@@ -14,6 +14,7 @@ import orjson
 
 from schemas import EventValidationError, account_id_of, conversation_key_of, validate_event
 from services.contract import headers as h
+from services.contract.times import iso_time
 from services.shared.errors import ValidationError
 
 SPECVERSION = "1.0"
@@ -36,8 +37,6 @@ def event_key(account_id: str, conversation_id: str | None) -> bytes:
     return f"{account_id}:{conversation_id}".encode() if conversation_id else account_id.encode()
 
 
-def iso_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def prepare(payload: dict[str, object] | bytes, *, source: str = DEFAULT_SOURCE,

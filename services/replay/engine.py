@@ -51,11 +51,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.contract import headers as h
+from services.contract.times import now_iso
 from services.contract.topics import Topics
-from services.replay import ledger
-from services.replay.ledger import CLAIM_PARTITION, Claim, Kind, Ledger, Run, host_name, overlaps, run_id
+from services.replay import runs
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
+from services.replay.runs import CLAIM_PARTITION, Claim, Kind, Ledger, Run, host_name, overlaps, run_id
 from services.replay.window import Ranges, ReadStats, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared import logging as logs
@@ -122,12 +123,12 @@ class Options:
     force: bool = False
     enable: bool = False
     rate: float | None = None
-    user: str = field(default_factory=ledger.current_user)
+    user: str = field(default_factory=runs.current_user)
     checkpoint_every: int = 2000
     checkpoint_interval_s: float = 1.0
     sample_size: int = 10
     heartbeat_s: float = HEARTBEAT_S
-    dead_after_s: float = ledger.STALE_AFTER_S
+    dead_after_s: float = runs.STALE_AFTER_S
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_s < self.dead_after_s:
@@ -371,9 +372,9 @@ class Engine(Generic[T]):
             return plan.claim
         claim = Claim(run_id=plan.run_id, kind=self.source.kind, ranges=plan.ranges, user=self.options.user,
                       host=host_name(), pid=os.getpid(), dead_after_s=self.options.dead_after_s)
-        offset = await ledger.write_claim(self.producer, self.settings, claim)
+        offset = await runs.write_claim(self.producer, self.settings, claim)
         try:
-            earlier = [c for _, c in await ledger.claims_between(self.settings, plan.claims_from, offset)
+            earlier = [c for _, c in await runs.claims_between(self.settings, plan.claims_from, offset)
                        if claim.competes(c)]
         except BaseException:
             await self._release(claim)
@@ -388,7 +389,7 @@ class Engine(Generic[T]):
     async def _release(self, claim: Claim) -> None:
         """Best effort: an unreleased claim stops counting once its run is recorded or it is stale."""
         try:
-            await asyncio.wait_for(ledger.release(self.producer, self.settings, claim.id), ABANDON_S)
+            await asyncio.wait_for(runs.release(self.producer, self.settings, claim.id), ABANDON_S)
         except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError) as exc:
             log.warning("replay.claim_release_failed", claim=claim.id, error=str(exc)[:200])
 
@@ -410,7 +411,7 @@ class Engine(Generic[T]):
         try:
             await self._enable(plan.to_enable)
             run = self._start_record(plan)
-            await ledger.write(self.producer, self.settings, run)
+            await runs.write(self.producer, self.settings, run)
         except BaseException:
             await self._release(claim)
             raise
@@ -441,7 +442,7 @@ class Engine(Generic[T]):
             log.info("replay.webhook_enabled", webhook_id=webhook_id)
 
     def _start_record(self, plan: Plan) -> Run:
-        now = ledger.now_iso()
+        now = now_iso()
         claim = plan.claim.id if plan.claim is not None else None
         if plan.resumed is not None:
             return plan.resumed.model_copy(update={
@@ -461,9 +462,9 @@ class Engine(Generic[T]):
 
     async def _finish(self, run: Run) -> None:
         run.status = "done"
-        run.finished_at = ledger.now_iso()
+        run.finished_at = now_iso()
         run.checkpoint = {p: end for p, (_, end) in run.ranges.items()}
-        await ledger.write(self.producer, self.settings, run)
+        await runs.write(self.producer, self.settings, run)
 
 
 class _Sender:
@@ -544,7 +545,7 @@ class _Sender:
     async def _write(self) -> None:
         """Write the run record; one write at a time, so the ledger never goes back to an older state."""
         async with self._writing:
-            await ledger.write(self.engine.producer, self.engine.settings, self.run)
+            await runs.write(self.engine.producer, self.engine.settings, self.run)
             self.written_at = time.monotonic()
 
     @asynccontextmanager

@@ -16,10 +16,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from services.contract import headers as h
-from services.contract.times import iso
+from services.contract.times import iso, now_iso
 from services.contract.topics import Topics
 from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
-from services.replay.ledger import Kind, now_iso
+from services.replay.runs import Kind
 from services.replay.window import Window
 from services.router.core import IncomingEvent, Invalid, RoutePolicy, route
 from services.shared.settings import Settings
@@ -47,8 +47,7 @@ class EventsSource:
                                         "events": sorted(self.events)}
         self.created_ms = int(datetime.fromisoformat(webhook.created_at).timestamp() * 1000)
         self.routed_time = routed_time or now_iso()
-        self.policy = RoutePolicy(validation="full" if settings.router.validation == "full" else "structural",
-                                  max_event_bytes=settings.router.max_event_bytes)
+        self.policy = RoutePolicy.from_settings(settings.router)
 
     def parse(self, record: Any) -> Any:
         return record

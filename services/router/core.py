@@ -33,6 +33,8 @@ from services.contract.deliveries import (
     delivery_key,
     first_attempt_headers,
 )
+from services.shared.errors import ConfigError
+from services.shared.settings import RouterSettings
 
 MISSING_HEADER = "missing_header"
 BAD_HEADER = "bad_header"
@@ -81,6 +83,13 @@ class IncomingEvent:
 class RoutePolicy:
     validation: Literal["full", "structural"] = "structural"
     max_event_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, router: RouterSettings) -> RoutePolicy:
+        """The policy the router settings name; an unknown validation mode is refused."""
+        if router.validation not in ("full", "structural"):
+            raise ConfigError(f"router.validation must be `full` or `structural`, not {router.validation!r}")
+        return cls(router.validation, router.max_event_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +290,3 @@ def epoch_of(time: str | None) -> float | None:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
-
-def iso_time(seconds: float) -> str:
-    """Unix seconds as ISO-8601 UTC with milliseconds, like the publisher's ``ce_time``."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
 
 from services.contract import headers as h
+from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.router.core import (
     IncomingEvent,
@@ -34,13 +35,13 @@ from services.router.core import (
     RouteResult,
     epoch_of,
     event_type_label,
-    iso_time,
     route,
 )
 from services.shared import kafka
 from services.shared import logging as logs
-from services.shared.errors import ConfigError, KafkaUnavailableError
+from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics
+from services.shared.runtime import first_of
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 
@@ -58,12 +59,6 @@ HEADROOM_BYTES = kafka.RECORD_HEADROOM_BYTES
 def default_group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}.router"
 
-
-def policy_of(settings: Settings) -> RoutePolicy:
-    validation = settings.router.validation
-    if validation not in ("full", "structural"):
-        raise ConfigError(f"router.validation must be `full` or `structural`, not {validation!r}")
-    return RoutePolicy("full" if validation == "full" else "structural", settings.router.max_event_bytes)
 
 
 class _Producers(NamedTuple):
@@ -98,7 +93,7 @@ class RouterWorker:
         self._table = table
         self._metrics = metrics
         self._topics = Topics.from_settings(settings)
-        self._policy = policy_of(settings)
+        self._policy = RoutePolicy.from_settings(settings.router)
         self.group_id = group_id or default_group_id(settings)
         self._until_idle = until_idle
         self._max_records = max_records
@@ -145,7 +140,7 @@ class RouterWorker:
 
     # --- the loop -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        if not await _first(self._table.wait_ready(), stop):
+        if not await first_of(self._table.wait_ready(), stop):
             return
         async with kafka.started(kafka.admin(self._settings)) as admin:
             await kafka.check_record_limits(admin, [self._topics.deliveries], self._policy.max_event_bytes)
@@ -368,16 +363,3 @@ class RouterWorker:
             if highwater is not None:
                 lag = max(0, highwater - await consumer.position(tp))
                 self._metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
-
-
-async def _first(wait: Awaitable[None], stop: asyncio.Event) -> bool:
-    """Await ``wait`` unless ``stop`` comes first. True if ``wait`` finished."""
-    task = asyncio.ensure_future(wait)
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return False
-    return True

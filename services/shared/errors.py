@@ -5,10 +5,10 @@
     ├── KafkaUnavailableError       retriable: the broker is down or unreachable
     │   └── BrokerUnreachableError  retriable: refused at once, the broker is known to be away
     ├── ValidationError             permanent: the input is wrong (names the field)
-    └── DeliveryError               an attempt failed; ``retriable`` says what to do
-        ├── HttpStatusError         retriable unless 410 Gone; carries status, Retry-After, body excerpt
-        ├── TransportError          retriable: timeout, refused, reset, DNS, TLS
-        └── BlockedDestinationError permanent: the network guard refused the address
+    └── DeliveryError               an attempt failed before a response (its ``error_class`` names why;
+        │                           ``delivery.policy.next_step`` decides what follows)
+        ├── TransportError          timeout, refused, reset, DNS, TLS
+        └── BlockedDestinationError the network guard refused the address
 """
 
 from __future__ import annotations
@@ -37,19 +37,7 @@ class ValidationError(AkeceError):
 
 
 class DeliveryError(AkeceError):
-    retriable = True
     error_class = "error"
-
-
-class HttpStatusError(DeliveryError):
-    error_class = "http_status"
-
-    def __init__(self, status: int, body: bytes = b"", retry_after: float | None = None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
-        self.retry_after = retry_after
-        self.retriable = status != 410
 
 
 class TransportError(DeliveryError):
@@ -59,5 +47,4 @@ class TransportError(DeliveryError):
 
 
 class BlockedDestinationError(DeliveryError):
-    retriable = False
     error_class = "blocked_destination"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -161,3 +161,17 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+async def first_of(wait: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``wait`` unless ``stop`` comes first (then ``wait`` is cancelled and awaited). True if
+    ``wait`` finished."""
+    task = asyncio.ensure_future(wait)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    return True

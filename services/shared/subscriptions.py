@@ -14,14 +14,15 @@ import base64
 import secrets as random_secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared import logging as logs
@@ -58,8 +59,6 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(random_secrets.token_bytes(32)).decode()
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SigningSecret(BaseModel):
@@ -83,6 +82,14 @@ class Webhook(BaseModel):
     secrets: list[SigningSecret] = Field(default_factory=list)
     connect_timeout_s: float | None = None
     total_timeout_s: float | None = None
+
+    @classmethod
+    def new(cls, *, id: int, account_id: int, url: str, subscriptions: list[str], created_at: str,
+            **fields: Any) -> Webhook:
+        """A webhook as created: one fresh signing secret, created (and last updated) at ``created_at``."""
+        return cls(id=id, account_id=account_id, url=url, subscriptions=subscriptions, created_at=created_at,
+                   updated_at=created_at, secrets=[SigningSecret(secret=new_secret(), created_at=created_at)],
+                   **fields)
 
     def active_secrets(self, now: float) -> list[str]:
         """Secrets that sign at ``now``, newest first."""
@@ -362,3 +369,24 @@ class SubscriptionStore:
             "enabled": enabled, "disabled_reason": None if enabled else reason, "updated_at": now_iso()})
         return await self.put(updated)
 
+
+@asynccontextmanager
+async def caught_up_table(settings: Settings, *, timeout: float) -> AsyncIterator[SubscriptionTable]:
+    """The subscription table, read to the end of the topic within ``timeout`` and followed until the
+    block ends: one command's view. A table that fails (a missing topic) raises its error."""
+    stop = asyncio.Event()
+    table = SubscriptionTable(settings)
+    following = asyncio.create_task(table.run(stop))
+    ready = asyncio.create_task(table.wait_ready())
+    try:
+        await asyncio.wait({following, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if following.done():
+            following.result()  # raises what stopped it
+        if not ready.done():
+            raise TimeoutError(f"the subscription table did not catch up within {timeout:g}s")
+        yield table
+    finally:
+        ready.cancel()
+        stop.set()
+        if not following.done():
+            await following

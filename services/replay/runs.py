@@ -37,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel, Field, TypeAdapter
 
-from services.contract.times import iso
+from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.replay.window import Ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
@@ -260,6 +260,3 @@ async def claims_between(settings: Settings, start: int, end: int) -> list[tuple
                         log.error("replay.ledger_bad_claim", offset=record.offset, error=str(exc)[:300])
     return found
 
-
-def now_iso() -> str:
-    return iso(time.time()) or ""
