@@ -1,6 +1,6 @@
 """The re-enqueue engine behind ``dlq replay`` and ``recover``: plan, confirm, send once, resume.
 
-A *source* (``replay.DlqSource``, ``recover.EventsSource``) reads one topic and says, per record,
+A *source* (``dlq_source.DlqSource``, ``recover.EventsSource``) reads one topic and says, per record,
 whether it is inside the run's filters and what goes back on the deliveries topic. The engine:
 
 1. **Plans.** The window becomes a source offset range per partition; the run id is a hash of kind,

@@ -1,5 +1,5 @@
 """The router: one delivery record per (event, matching enabled webhook), at least once.
 
-``core.route`` is the pure decision; ``worker.RouterWorker`` the Kafka shell; ``cli`` the
-``akece-webhooks router`` command.
+``core.route`` is the pure decision (``RoutePolicy.from_settings``); ``worker.RouterWorker`` the
+Kafka shell. ``services.run`` builds it for ``akece-webhooks router`` and ``run --role router``.
 """
