@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.contract import headers as h
-from services.contract.times import epoch, iso_time
-from services.contract.topics import Topics, format_delay
+from services.contract.times import iso_time
+from services.contract.topics import Topics
 from services.delivery import records
 from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
@@ -32,7 +32,6 @@ from services.delivery.http import HttpSender
 from services.delivery.intake import Job, Malformed
 from services.delivery.ledger import PartitionLedger
 from services.delivery.policy import (
-    Ack,
     AttemptResult,
     DeadLetter,
     ErrorClass,
@@ -42,11 +41,12 @@ from services.delivery.policy import (
     next_step,
     precheck,
 )
+from services.delivery.report import AttemptReport, outcome
 from services.delivery.signing import request_headers
 from services.shared import kafka, urls
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
-from services.shared.metrics import Metrics, status_class
+from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
 
@@ -75,7 +75,7 @@ class Attempts:
         self.circuits = Circuits(settings.circuit.failure_threshold, settings.circuit.open_s,
                                  settings.delivery.auto_disable_after_s)
         self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._report = AttemptReport(metrics)
         self._synced_at = 0.0
         self._sync: asyncio.Future[None] | None = None
         self._sync_started = 0.0
@@ -213,7 +213,7 @@ class Attempts:
             since = self.circuits.failing_since(meta.webhook_id) or now
             await self._disable(meta.webhook_id, f"no successful delivery since {iso_time(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
-        self._observe(job, result, step, now)
+        self._report.attempted(job.meta, result, step, now)
         return acks
 
     async def _follow_up(self, job: Job, result: AttemptResult, step: Step, started_at: float,
@@ -224,7 +224,7 @@ class Attempts:
         retry = step if isinstance(step, Retry) else None
         dead = step if isinstance(step, DeadLetter) else None
         log_value = records.attempt_record(
-            meta, result, outcome=_outcome(step), next_delay_s=retry.delay if retry else None,
+            meta, result, outcome=outcome(step), next_delay_s=retry.delay if retry else None,
             dlq_reason=dead.reason if dead else None, started_at=started_at,
             response_limit=self._settings.http.max_response_bytes)
         acks = [await self._producer.send(self._topics.attempts, value=log_value,
@@ -247,41 +247,6 @@ class Attempts:
                     await ack
         except TimeoutError as exc:
             raise KafkaUnavailableError(f"no produce acknowledgement within {timeout}s") from exc
-
-    def _observe(self, job: Job, result: AttemptResult, step: Step, now: float) -> None:
-        meta, m, child = job.meta, self._metrics, self._child
-        outcome = _outcome(step)
-        klass = status_class(result.status)
-        child(m.deliveries, outcome, klass).inc()
-        if meta.attempt == 1:
-            child(m.first_attempts, "success" if result.ok else "failure").inc()
-        if result.sent:
-            child(m.attempt_duration, klass).observe(result.duration_s)
-        next_delay_ms = None
-        if isinstance(step, Ack):
-            event_ts = epoch(meta.event_time)
-            if event_ts is not None:
-                m.end_to_end.observe(max(0.0, now - event_ts))
-        elif isinstance(step, Retry):
-            child(m.retries_scheduled, format_delay(step.tier)).inc()
-            next_delay_ms = round(step.delay * 1000)
-        else:
-            child(m.dead_letters, step.reason).inc()
-        emit = log.warning if isinstance(step, DeadLetter) else log.info
-        emit("delivery.attempted", delivery_id=meta.delivery_id, event_id=meta.event_id,
-             webhook_id=meta.webhook_id, account_id=meta.account_id, event_type=meta.event_type,
-             attempt=meta.attempt, status=result.status, duration_ms=round(result.duration_s * 1000, 1),
-             outcome=outcome, next_delay_ms=next_delay_ms, error_class=records.error_class(result),
-             error=records.error_message(result) if not result.ok else None,
-             dlq_reason=step.reason if isinstance(step, DeadLetter) else None)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """A labelled child, cached (``labels()`` takes a lock and validates on every call)."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
     # --- subscriptions -----------------------------------------------------------------------
     async def _fresh_view(self, job: Job) -> bool:
@@ -326,10 +291,3 @@ class Attempts:
             webhook = self._table.get(webhook_id)
             if webhook is None or not webhook.enabled:
                 self.circuits.forget(webhook_id)
-
-
-def _outcome(step: Step) -> str:
-    if isinstance(step, Ack):
-        return "success"
-    return "retry" if isinstance(step, Retry) else "dead_letter"
-
