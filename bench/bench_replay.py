@@ -40,7 +40,7 @@ from services.contract.times import iso
 from services.contract.topics import Topics, topic_specs
 from services.ops.dlq import list_dead_letters
 from services.replay.dlq_source import replay
-from services.replay.engine import Options
+from services.replay.plans import Options
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared import logging as logs

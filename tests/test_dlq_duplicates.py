@@ -31,7 +31,7 @@ from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
 from services.ops.api import add_replay_routes
 from services.replay.dlq_source import replay
-from services.replay.engine import Options, Summary
+from services.replay.plans import Options, Summary
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared.settings import Settings

@@ -28,7 +28,8 @@ from services.contract.topics import Topics
 from services.ops.api import REPLAY_ROUTES
 from services.replay import engine as engine_mod
 from services.replay.dlq_source import DlqSource
-from services.replay.engine import Engine, Options, Send, Skip
+from services.replay.engine import Engine
+from services.replay.plans import Options, Send, Skip
 from services.replay.window import Window
 from services.shared import kafka
 from services.shared import subscriptions as subs

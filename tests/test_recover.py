@@ -17,7 +17,7 @@ from services.contract import headers as h
 from services.contract.deliveries import conversation_of_event_key, delivery_id, delivery_key
 from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
-from services.replay.engine import Options, Summary
+from services.replay.plans import Options, Summary
 from services.replay.recover import EventsSource, recover
 from services.replay.runs import Ledger
 from services.replay.window import Window, offset_ranges, read_ranges, reader

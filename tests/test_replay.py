@@ -32,7 +32,7 @@ from services.contract.topics import Topics
 from services.ops.attempts import delivery_attempts
 from services.ops.dlq import list_dead_letters
 from services.replay.dlq_source import replay, replay_headers
-from services.replay.engine import Options, Summary
+from services.replay.plans import Options, Summary
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
 from services.replay.runs import Ledger

@@ -35,7 +35,8 @@ from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
 from services.replay import runs as ledger
 from services.replay.dlq_source import DlqSource
-from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Summary
+from services.replay.engine import Engine
+from services.replay.plans import Options, Plan, ReplayRefusedError, Summary
 from services.replay.runs import Claim, Ledger, Run
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka

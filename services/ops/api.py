@@ -39,7 +39,8 @@ from services.ops.attempts import recent_attempts
 from services.ops.dlq import list_dead_letters
 from services.ops.render import plan_json
 from services.replay.dlq_source import DlqSource
-from services.replay.engine import Engine, Options, Plan, ReplayRefusedError, Source
+from services.replay.engine import Engine
+from services.replay.plans import Options, Plan, ReplayRefusedError, Source
 from services.replay.recover import EventsSource
 from services.replay.runs import Ledger
 from services.replay.window import Window, reader

@@ -26,7 +26,7 @@ from services.ops import status as status_mod
 from services.ops.attempts import delivery_attempts
 from services.ops.dlq import find_dead_letters, list_dead_letters
 from services.replay.dlq_source import replay
-from services.replay.engine import Options, Plan, ReplayRefusedError, Summary
+from services.replay.plans import Options, Plan, ReplayRefusedError, Summary
 from services.replay.progress import Progress
 from services.replay.recover import recover
 from services.replay.runs import Ledger

@@ -10,7 +10,7 @@ import orjson
 from services.contract.attempts import AttemptRecord
 from services.contract.dead_letters import DeadLetter
 from services.contract.times import iso
-from services.replay.engine import Plan, Summary
+from services.replay.plans import Plan, Summary
 from services.replay.progress import duration
 from services.shared.subscriptions import Webhook
 

@@ -18,7 +18,8 @@ from aiokafka import AIOKafkaProducer
 from services.contract import headers as h
 from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
-from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
+from services.replay.engine import Engine
+from services.replay.plans import Confirm, Options, ProgressFactory, Send, Skip, Summary
 from services.replay.runs import Kind
 from services.replay.window import Window
 from services.shared.settings import Settings

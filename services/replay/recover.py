@@ -18,7 +18,8 @@ from aiokafka import AIOKafkaProducer
 from services.contract import headers as h
 from services.contract.times import iso, now_iso
 from services.contract.topics import Topics
-from services.replay.engine import Confirm, Engine, Options, ProgressFactory, Send, Skip, Summary
+from services.replay.engine import Engine
+from services.replay.plans import Confirm, Options, ProgressFactory, Send, Skip, Summary
 from services.replay.runs import Kind
 from services.replay.window import Window
 from services.router.core import IncomingEvent, Invalid, RoutePolicy, route
