@@ -59,6 +59,7 @@ NODE_ID = 1
 BOOTSTRAP_ENV = "AKECE_KAFKA_BOOTSTRAP_SERVERS"
 HOME_ENV = "AKECE_KAFKA_HOME"
 JVM_OPTS_ENV = "AKECE_KAFKA_JVM_OPTS"
+PROXIED_LISTENER = "PROXIED"  # advertised as a fault proxy's address (network-fault tests)
 # Small heap. SerialGC: fewer threads and less memory than G1 at this size, same start time
 # (measured ~2.0 s warm either way). -XX:TieredStopAtLevel=1 would save ~0.7 s but caps the JIT
 # at C1 and slows the broker under load (make bench), so it is not used.
@@ -79,6 +80,16 @@ class PortInUseError(LocalKafkaError):
     def __init__(self, port: int) -> None:
         super().__init__(f"port {port} is in use on {HOST}: stop what listens there or pick another port")
         self.port = port
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """This node's place in a cluster: its id, the static voter set, and the replication it sets up."""
+
+    node_id: int = NODE_ID
+    voters: str | None = None  # ``id@host:controller_port,...``; None: this node alone
+    replication: int = 1  # default and internal topics' replication factor
+    min_isr: int = 1  # min.insync.replicas, default and internal topics
 
 
 @dataclass(frozen=True)
@@ -373,8 +384,13 @@ class LocalKafka:
 
     def __init__(self, data_dir: Path | None = None, *, port: int | None = None,
                  controller_port: int | None = None, home: Path | None = None, secure: bool = False,
-                 sasl_ssl_port: int | None = None, mtls_port: int | None = None) -> None:
+                 sasl_ssl_port: int | None = None, mtls_port: int | None = None, quorum: Quorum | None = None,
+                 proxied: tuple[int, int] | None = None, heap: tuple[str, ...] = ()) -> None:
         self.home = home or kafka_home()
+        self.quorum = quorum or Quorum()
+        # (listen port, advertised port): a second PLAINTEXT listener advertised as a fault proxy's address
+        self.proxied = proxied
+        self.heap = heap  # JVM heap options replacing the defaults' (a cluster runs three brokers)
         self.data_dir = (data_dir or self.home / "data").resolve()
         self.port = port
         self.controller_port = controller_port
@@ -589,8 +605,19 @@ class LocalKafka:
 
     def _write_props(self, port: int, controller_port: int, extra: dict[str, str]) -> None:
         template = Template((deploy_dir() / "server.properties.template").read_text())
+        q = self.quorum
         self.props_file.write_text(template.substitute(
-            node_id=NODE_ID, port=port, controller_port=controller_port, log_dir=self.data_dir / "logs", **extra))
+            node_id=q.node_id, voters=q.voters or f"{q.node_id}@{HOST}:{controller_port}", port=port,
+            controller_port=controller_port, log_dir=self.data_dir / "logs", replication=q.replication,
+            min_isr=q.min_isr, **self._proxy_values(), **extra))
+
+    def _proxy_values(self) -> dict[str, str]:
+        if self.proxied is None:
+            return {"proxy_listener": "", "proxy_advertised": "", "proxy_protocol": ""}
+        listen, advertised = self.proxied
+        return {"proxy_listener": f",{PROXIED_LISTENER}://{HOST}:{listen}",
+                "proxy_advertised": f",{PROXIED_LISTENER}://{HOST}:{advertised}",
+                "proxy_protocol": f",{PROXIED_LISTENER}:PLAINTEXT"}
 
     def _cluster_id(self) -> str:
         path = self.data_dir / "cluster.id"
@@ -627,7 +654,7 @@ class LocalKafka:
         if self.log_file.exists():
             self.log_file.replace(self.data_dir / "broker.log.1")
         extra = os.environ.get(JVM_OPTS_ENV, "").split()
-        cmd = [java, *JVM_OPTS, *extra, f"-Dlog4j2.configurationFile={deploy_dir() / 'log4j2.yaml'}",
+        cmd = [java, *JVM_OPTS, *self.heap, *extra, f"-Dlog4j2.configurationFile={deploy_dir() / 'log4j2.yaml'}",
                "-cp", f"{jars}/*", "kafka.Kafka", str(self.props_file)]
         with self.log_file.open("wb") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -699,7 +726,7 @@ def add_kafka_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Register ``kafka start|stop|status|reset``; each sets ``func`` to ``kafka_cli``."""
-    kafka = subparsers.add_parser("kafka", help="run a local single-node Apache Kafka broker (KRaft)")
+    kafka = subparsers.add_parser("kafka", help="run a local Apache Kafka broker, or a cluster with --nodes (KRaft)")
     kafka.set_defaults(func=kafka_cli, kafka_action=None, kafka_parser=kafka)
     actions = kafka.add_subparsers(dest="kafka_action", metavar="{start,stop,status,reset}")
     helps = {"start": "start the broker and wait until it serves", "stop": "stop the broker (SIGTERM)",
@@ -721,6 +748,10 @@ def add_kafka_parser(
                        help="SASL_SSL port with --secure (default: the previous one, else PORT+1, else free)")
     start.add_argument("--mtls-port", type=int, default=None,
                        help="mTLS port with --secure (default: the previous one, else PORT+2, else free)")
+    start.add_argument("--nodes", type=int, default=None,
+                       help="run a cluster of this many KRaft nodes (broker + controller each, one quorum) on "
+                            "PORT, PORT+1, ...; 3 nodes: replication factor 3, min.insync.replicas 2 "
+                            "(default: 1, or the node count of the cluster already in the data dir)")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     actions.choices["stop"].add_argument("--grace", type=float, default=15.0,
                                          help="seconds between SIGTERM and SIGKILL")
@@ -735,7 +766,15 @@ def kafka_cli(args: argparse.Namespace) -> int:
     if action is None:
         args.kafka_parser.print_help(sys.stderr)
         return 2
+    from services.devtools import kafka_local_cluster as cluster
+
     try:
+        nodes = getattr(args, "nodes", None)
+        if nodes is not None and nodes < 1:
+            raise LocalKafkaError(f"--nodes must be 1 or more, not {nodes}")
+        data_dir = (args.data_dir or kafka_home() / "data").resolve()
+        if (nodes or 1) > 1 or cluster.is_cluster(data_dir):
+            return cluster.cluster_cli(cluster.LocalCluster(data_dir, nodes), args)
         return action(LocalKafka(args.data_dir), args)
     except LocalKafkaError as exc:
         print(f"kafka {args.kafka_action}: {exc}", file=sys.stderr)
@@ -804,6 +843,6 @@ def _cli_reset(kafka: LocalKafka, _: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["KafkaStatus", "LocalKafka", "LocalKafkaError", "PortInUseError", "add_kafka_parser",
+__all__ = ["KafkaStatus", "LocalKafka", "LocalKafkaError", "PortInUseError", "Quorum", "add_kafka_parser",
            "default_port", "find_java", "find_maven", "free_port", "kafka_cli", "kafka_home", "new_cluster_id",
            "resolve_jars"]

@@ -35,8 +35,10 @@ def ensure_command(_: argparse.Namespace) -> int:
     quiet_client_logs()
     result = asyncio.run(kafka.ensure_topics(settings))
     specs = {s.name: s for s in topic_specs(settings)}
+    isr = settings.kafka.min_insync_replicas
+    replicas = f"replicas={settings.kafka.replication_factor}" + (f" min.insync={isr}" if isr else "")
     for name in sorted(result):
         spec = specs[name]
         policy = spec.config.get("cleanup.policy", "delete")
-        print(f"{result[name]:8} {name:40} partitions={spec.partitions:<3} {policy:8} {spec.purpose}")
+        print(f"{result[name]:8} {name:40} partitions={spec.partitions:<3} {replicas} {policy:8} {spec.purpose}")
     return 0

@@ -172,7 +172,7 @@ async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> dict[
     specs = list(specs)
     client = admin(settings)
     async with started(client):
-        new = [NewTopic(s.name, s.partitions, settings.kafka.replication_factor, topic_configs=s.config)
+        new = [NewTopic(s.name, s.partitions, settings.kafka.replication_factor, topic_configs=replicated(settings, s))
                for s in specs]
         response = await client.create_topics(new, timeout_ms=settings.kafka.request_timeout_ms)
     result: dict[str, str] = {}
@@ -185,6 +185,12 @@ async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> dict[
             message = rest[0] if rest else ""
             raise KafkaUnavailableError(f"cannot create topic {name}: error {code} {message}")
     return result
+
+
+def replicated(settings: Settings, spec: TopicSpec) -> dict[str, str]:
+    """A topic's configuration with the ``min.insync.replicas`` of the settings, when they set one."""
+    isr = settings.kafka.min_insync_replicas
+    return spec.config if isr is None else {**spec.config, "min.insync.replicas": str(isr)}
 
 
 async def ensure_topics(settings: Settings) -> dict[str, str]:

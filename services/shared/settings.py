@@ -50,6 +50,10 @@ class KafkaSettings(BaseModel):
     client_id: str = Field("akece-webhooks", description="Client id reported to the brokers.")
     partitions: int = Field(6, ge=1, description="Partitions of the pipeline topics created by `topics ensure`.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="`min.insync.replicas` of created topics: replicas that must hold a record before "
+        "it is acknowledged (3 replicas: 2). Unset: the brokers' default."
+    )
     request_timeout_ms: int = Field(30_000, ge=1000, description="Kafka request timeout.")
     send_timeout_s: float = Field(
         30.0, gt=0, description="Upper bound on waiting for a produce acknowledgement (the broker may be down)."
@@ -114,6 +118,14 @@ class KafkaSettings(BaseModel):
         problem = security_problem(self)
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> KafkaSettings:
+        isr, replicas = self.min_insync_replicas, self.replication_factor
+        if isr is not None and isr > replicas:
+            raise ValueError(f"min_insync_replicas ({isr}) cannot exceed replication_factor ({replicas}): "
+                             "no record could ever be acknowledged")
         return self
 
 
