@@ -1,0 +1,282 @@
+"""Broker failover on a real 3-node cluster (``kafka start --nodes 3``), with real SIGKILLs.
+
+A module-scoped cluster of three KRaft nodes (broker + controller each) runs on free ports in a
+temporary directory; it is stopped by pid at the end. Under a steady load across several webhooks
+(written to the deliveries topic as the router writes it, replication 3, min.insync.replicas 2),
+two ``akece-webhooks deliver`` processes deliver to a receiver that answers 200 while we SIGKILL:
+
+1. the leader of (most of) the deliveries partitions;
+2. the active controller (the KRaft quorum's leader);
+3. the group coordinator's broker, while a delivery worker restarts (itself SIGKILLed just before).
+
+Each node comes back on its ports and the next fault waits until every partition is fully in
+sync again. At the receiver: every delivery id arrives, none is lost, nothing is dead-lettered,
+and duplicates stay within the records in flight at the faults (produced but not committed when a
+fault began, plus those produced until it was over). The CI-sized run is in ``make test``; the
+20,000-delivery run is marked ``faults`` (``make faults``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+
+from services.shared import kafka
+from services.shared.kafka_local import HOST, _wait_exit, add_kafka_parser, free_port
+from services.shared.kafka_local_cluster import LocalCluster
+from services.shared.settings import Settings
+from services.shared.topics import Topics
+from tests.conftest import make_settings
+from tests.delivery_support import make_webhook, stack
+from tests.fault_load import Load, Tally, dead_lettered, deliver_process, tally, wait_all_arrived
+from tests.receiver import Receiver
+from tests.test_delivery_crash import worker_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+NODES = 3
+WEBHOOKS = 8
+PROGRESS = 150  # deliveries that must arrive while a node is down
+IN_SYNC_TIMEOUT_S = 120.0
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def _kafka_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="akece-webhooks")
+    add_kafka_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["kafka", *argv])
+    code: int = args.func(args)
+    return code
+
+
+def _free_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free (the cluster's nodes listen on consecutive ports)."""
+    for _ in range(50):
+        first = free_port()
+        if first + count < 65536 and all(_free(first + n) for n in range(count)):
+            return first
+    raise AssertionError(f"no run of {count} free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    data_dir = tmp_path_factory.mktemp("cluster") / "kafka"
+    started = _kafka_cli("start", "--nodes", str(NODES), "--port", str(_free_run(NODES)), "--data-dir", str(data_dir))
+    assert started == 0
+    local = LocalCluster(data_dir)
+    try:
+        yield local
+    finally:
+        pids = [pid for pid in (local.pid(n) for n in local.node_ids()) if pid is not None]
+        _kafka_cli("stop", "--grace", "10", "--data-dir", str(data_dir))
+        for pid in pids:  # whatever survived the stop (it should not), by pid
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cluster_settings(cluster: LocalCluster) -> Settings:
+    return make_settings(cluster.bootstrap, kafka={"replication_factor": 3, "min_insync_replicas": 2,
+                                                   "partitions": 3, "request_timeout_ms": 15_000})
+
+
+# ---------------------------------------------------------------- what the cluster looks like
+
+
+async def partitions(settings: Settings, topics: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
+    """Topic -> its partitions' metadata (leader, replica_nodes, isr_nodes)."""
+    async with kafka.started(kafka.admin(settings)) as admin:
+        described = await admin.describe_topics(topics)
+    return {t["topic"]: t["partitions"] for t in described}
+
+
+def _nodes(partition: dict[str, object], field: str) -> list[int]:
+    """A partition's replicas or in-sync replicas (the key name depends on the metadata version)."""
+    found = partition.get(field, partition.get(f"{field}_nodes"))
+    assert isinstance(found, list), partition
+    return found
+
+
+async def leader_of(settings: Settings, topic: str) -> int:
+    """The node leading most of ``topic``'s partitions."""
+    leaders = Counter(int(str(p["leader"])) for p in (await partitions(settings, [topic]))[topic])
+    return leaders.most_common(1)[0][0]
+
+
+async def wait_in_sync(settings: Settings, timeout: float = IN_SYNC_TIMEOUT_S) -> None:
+    """Until every partition of every topic has all its replicas in sync (the node that came back caught up)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                found = await partitions(settings)
+                if found and all(len(_nodes(p, "isr")) == len(_nodes(p, "replicas"))
+                                 for parts in found.values() for p in parts):
+                    return
+            except (KafkaError, OSError, TimeoutError):  # metadata may be unavailable for a moment: ask again
+                pass
+            await asyncio.sleep(0.5)  # bounded by the timeout above: a condition polled
+
+
+async def committed_total(settings: Settings, group: str, topic: str) -> int:
+    async with kafka.started(kafka.admin(settings)) as admin:
+        offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+# ---------------------------------------------------------------- one fault
+
+
+class Campaign:
+    """Runs the faults one after another; adds up the records in flight at each."""
+
+    def __init__(self, cluster: LocalCluster, settings: Settings, load: Load, receiver: Receiver) -> None:
+        self.cluster, self.settings, self.load, self.receiver = cluster, settings, load, receiver
+        self.topics = Topics.from_settings(settings)
+        self.group = f"{settings.topic_prefix}.delivery"
+        self.bound = 0
+        self.log: list[str] = []
+
+    @asynccontextmanager
+    async def fault(self, name: str) -> AsyncIterator[None]:
+        """Around one fault: note what is uncommitted before; afterwards wait until the cluster is whole."""
+        assert self.load.produced < self.load.total, f"the load ended before fault {name!r}: nothing was tested"
+        committed = await committed_total(self.settings, self.group, self.topics.deliveries)
+        began = time.monotonic()
+        yield
+        await wait_in_sync(self.settings)
+        in_flight = self.load.produced - committed
+        self.bound += in_flight
+        self.log.append(f"{name}: {in_flight} records in flight, whole again after {time.monotonic() - began:.1f} s")
+
+    async def kill_node(self, node_id: int) -> None:
+        pid = self.cluster.pid(node_id)
+        assert pid is not None, f"node {node_id} is not running"
+        os.kill(pid, signal.SIGKILL)
+        assert await asyncio.to_thread(_wait_exit, pid, 10, None)
+
+    async def progress_then_restart(self, node_id: int) -> None:
+        """Deliveries keep arriving with the node down; then it comes back on its ports."""
+        arrived = len(self.receiver.requests)
+        await self.receiver.wait_for(arrived + PROGRESS, timeout=120)
+        await asyncio.to_thread(self.cluster.start_node, node_id)
+
+
+async def run_failover(cluster: LocalCluster, receiver: Receiver, total: int, rate: float, logs: Path) -> Tally:
+    settings = cluster_settings(cluster)
+    async with stack(settings) as s:
+        hooks = [make_webhook(receiver.url(f"/failover/{n}")) for n in range(WEBHOOKS)]
+        await s.add(*hooks)
+        load = Load(settings, hooks, total, rate)
+        campaign = Campaign(cluster, settings, load, receiver)
+        env = worker_env(settings)
+        async with (deliver_process(env, logs / "worker-1.log") as first,
+                    deliver_process(env, logs / "worker-2.log") as second):
+            loader = asyncio.create_task(load.run())
+            await receiver.wait_for(min(total // 10, 500), timeout=120)
+
+            victim = await leader_of(settings, campaign.topics.deliveries)
+            async with campaign.fault(f"SIGKILL node {victim}, leader of the deliveries partitions"):
+                await campaign.kill_node(victim)
+                await campaign.progress_then_restart(victim)
+
+            controller = cluster.quorum_leader()
+            assert controller is not None
+            async with campaign.fault(f"SIGKILL node {controller}, the active controller"):
+                await campaign.kill_node(controller)
+                await campaign.progress_then_restart(controller)
+
+            coordinator = await leader_of(settings, "__consumer_offsets")
+            async with campaign.fault(f"SIGKILL node {coordinator} (group coordinator) while a worker restarts"):
+                second.kill()
+                await second.wait()
+                async with deliver_process(env, logs / "worker-3.log") as third:
+                    await campaign.kill_node(coordinator)
+                    await campaign.progress_then_restart(coordinator)
+                    await loader
+                    await wait_all_arrived(receiver, load.expected, timeout=180)
+                    for process in (first, third):
+                        assert process.returncode is None, "a delivery worker exited during the faults"
+                        process.send_signal(signal.SIGTERM)
+                    codes = [await asyncio.wait_for(p.wait(), 60) for p in (first, third)]
+        assert codes == [0, 0], _tails(logs)
+        dlq = await dead_lettered(settings)
+    for line in campaign.log:
+        print(f"\n  {line}", end="")
+    result = tally("3-node cluster: SIGKILL partition leader, controller, coordinator during a worker restart",
+                   f"{total:,} deliveries, {WEBHOOKS} webhooks, ~{rate:g}/s, 2 workers", receiver,
+                   load.expected, dlq, campaign.bound)
+    print(f"\n{result.row()}")
+    return result
+
+
+def _tails(logs: Path) -> str:
+    return "\n".join(f"{log.name}: ...{log.read_text(errors='replace')[-1500:]}" for log in sorted(logs.glob("*.log")))
+
+
+def assert_nothing_lost(result: Tally) -> None:
+    assert result.lost == 0, result
+    assert result.dead_lettered == 0, result
+    assert result.duplicated <= result.duplicate_bound, result
+
+
+# ---------------------------------------------------------------- the tests
+
+
+async def test_cluster_runs_three_nodes_with_replicated_topics(cluster: LocalCluster,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert _kafka_cli("status", "--data-dir", str(cluster.data_dir)) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 nodes" in out and out.count(": running ") == NODES
+    settings = cluster_settings(cluster)
+    await kafka.ensure_topics(settings)
+    deliveries = Topics.from_settings(settings).deliveries
+    found = await partitions(settings, [deliveries])
+    assert [len(_nodes(p, "replicas")) for p in found[deliveries]] == [3, 3, 3]
+    async with kafka.started(kafka.admin(settings)) as admin:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, deliveries, configs={"min.insync.replicas": None})])
+    [(_code, _message, _type, _name, entries)] = response.resources
+    assert [entry[:2] for entry in entries] == [("min.insync.replicas", "2")]
+    assert cluster.quorum_leader() in {1, 2, 3}
+
+
+async def test_failover_loses_nothing(cluster: LocalCluster, receiver: Receiver, tmp_path: Path) -> None:
+    assert_nothing_lost(await run_failover(cluster, receiver, total=4000, rate=60, logs=tmp_path))
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(900)
+async def test_failover_loses_nothing_at_20k(cluster: LocalCluster, receiver: Receiver, tmp_path: Path) -> None:
+    assert_nothing_lost(await run_failover(cluster, receiver, total=20_000, rate=200, logs=tmp_path))
