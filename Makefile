@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install tools run test test-fast lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
+.PHONY: install tools run test test-fast faults lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ run: install
 
 test: install tools
 	$(BIN)/python -m pytest -q -ra
+
+# The long fault campaign (README "Reliability"): 20,000-delivery failover on a 3-node cluster and
+# long network faults. `make test` runs the CI-sized versions; these are marked `faults`.
+faults: install tools
+	$(BIN)/python -m pytest -q -ra -s -m faults tests/test_failover.py tests/test_network_faults.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

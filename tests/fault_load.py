@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from tests.delivery_support import Delivery, delivery
 from tests.receiver import Receiver
 
 BATCH = 50
+PROGRESS = 150  # deliveries that must arrive to call the pipeline moving
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,41 +52,82 @@ async def deliver_process(env: dict[str, str], log: Path) -> AsyncIterator[async
 
 @dataclass
 class Load:
-    """``total`` deliveries over ``webhooks``, produced at about ``rate`` per second by ``run()``."""
+    """Deliveries over ``webhooks`` at about ``rate`` per second, from ``run(stop)`` until ``stop`` is set
+    and at least ``minimum`` were produced: the load spans every fault by construction."""
 
     settings: Settings
     webhooks: list[Webhook]
-    total: int
+    minimum: int
     rate: float
-    items: list[Delivery] = field(init=False)
-    produced: int = 0
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    items: list[Delivery] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.items = [delivery(self.webhooks[n % len(self.webhooks)], conversation=n % 500, seq=n)
-                      for n in range(self.total)]
+    @property
+    def produced(self) -> int:
+        return len(self.items)
 
     @property
     def expected(self) -> set[str]:
         return {item.delivery_id for item in self.items}
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Produce every record once, acknowledged (acks=all), at a steady pace."""
         topic = Topics.from_settings(self.settings).deliveries
         async with kafka.started(kafka.producer(self.settings)) as producer:
             began = time.monotonic()
-            for start in range(0, self.total, BATCH):
-                await self._send(producer, topic, self.items[start:start + BATCH])
-                self.produced = min(self.total, start + BATCH)
+            while self.produced < self.minimum or not stop.is_set():
+                n = self.produced
+                batch = [delivery(self.webhooks[(n + i) % len(self.webhooks)], conversation=(n + i) % 500, seq=n + i)
+                         for i in range(BATCH)]
+                await self._send(producer, topic, batch)
+                self.items.extend(batch)
                 ahead = began + self.produced / self.rate - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)  # pacing the load, not waiting for an event
-        self.finished.set()
 
     @staticmethod
     async def _send(producer: AIOKafkaProducer, topic: str, batch: list[Delivery]) -> None:
         futures = [await producer.send(topic, value=d.value, key=d.key, headers=d.headers) for d in batch]
         await asyncio.wait_for(asyncio.gather(*futures), 120)
+
+
+async def committed_total(settings: Settings, group: str, topic: str) -> int:
+    """What a consumer group committed on ``topic``, summed over its partitions."""
+    async with kafka.started(kafka.admin(settings)) as admin:
+        offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+class Campaign:
+    """Faults one after another under a load; adds up the records in flight at each: produced but not
+    committed when the fault began, plus those produced until the system was whole again."""
+
+    def __init__(self, settings: Settings, load: Load, receiver: Receiver,
+                 whole: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.settings, self.load, self.receiver = settings, load, receiver
+        self._whole = whole
+        self.topics = Topics.from_settings(settings)
+        self.group = f"{settings.topic_prefix}.delivery"
+        self.bound = 0
+        self.log: list[str] = []
+
+    @asynccontextmanager
+    async def fault(self, name: str) -> AsyncIterator[None]:
+        committed = await committed_total(self.settings, self.group, self.topics.deliveries)
+        began = time.monotonic()
+        yield
+        if self._whole is not None:
+            await self._whole()
+        in_flight = self.load.produced - committed
+        self.bound += in_flight
+        self.log.append(f"{name}: {in_flight} records in flight, over after {time.monotonic() - began:.1f} s")
+
+    async def progress(self, count: int = PROGRESS, timeout: float = 120.0) -> None:
+        """Until ``count`` more deliveries reached the receiver."""
+        await self.receiver.wait_for(len(self.receiver.requests) + count, timeout=timeout)
+
+    def print_log(self) -> None:
+        for line in self.log:
+            print(f"\n  {line}", end="")
 
 
 async def wait_all_arrived(receiver: Receiver, expected: set[str], timeout: float) -> None:
@@ -135,3 +177,14 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
+
+
+def assert_nothing_lost(result: Tally) -> None:
+    assert result.lost == 0, result
+    assert result.dead_lettered == 0, result
+    assert result.duplicated <= result.duplicate_bound, result
+
+
+def log_tails(logs: Path) -> str:
+    """The end of every worker log in ``logs`` (for an assertion message)."""
+    return "\n".join(f"{log.name}: ...{log.read_text(errors='replace')[-1500:]}" for log in sorted(logs.glob("*.log")))
