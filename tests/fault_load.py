@@ -41,7 +41,7 @@ async def deliver_process(env: dict[str, str], log: Path) -> AsyncIterator[async
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services", "deliver", cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=out)
+            stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
@@ -101,9 +101,10 @@ class Campaign:
     """Faults one after another under a load; adds up the records in flight at each: produced but not
     committed when the fault began, plus those produced until the system was whole again."""
 
-    def __init__(self, settings: Settings, load: Load, receiver: Receiver,
+    def __init__(self, settings: Settings, load: Load, receiver: Receiver, logs: Path,
                  whole: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.settings, self.load, self.receiver = settings, load, receiver
+        self.settings, self.load, self.receiver, self.logs = settings, load, receiver, logs
+        self.workers: list[asyncio.subprocess.Process] = []  # the delivery processes that must stay up
         self._whole = whole
         self.topics = Topics.from_settings(settings)
         self.group = f"{settings.topic_prefix}.delivery"
@@ -122,8 +123,16 @@ class Campaign:
         self.log.append(f"{name}: {in_flight} records in flight, over after {time.monotonic() - began:.1f} s")
 
     async def progress(self, count: int = PROGRESS, timeout: float = 120.0) -> None:
-        """Until ``count`` more deliveries reached the receiver."""
-        await self.receiver.wait_for(len(self.receiver.requests) + count, timeout=timeout)
+        """Until ``count`` more deliveries reached the receiver; fails at once if a watched worker exits."""
+        arrived = asyncio.ensure_future(self.receiver.wait_for(len(self.receiver.requests) + count, timeout=timeout))
+        exits = [asyncio.ensure_future(process.wait()) for process in self.workers]
+        try:
+            await asyncio.wait([arrived, *exits], return_when=asyncio.FIRST_COMPLETED)
+            assert arrived.done(), f"a delivery worker exited during the faults\n{log_tails(self.logs)}"
+            arrived.result()
+        finally:
+            for waiting in (arrived, *exits):
+                waiting.cancel()
 
     def print_log(self) -> None:
         for line in self.log:

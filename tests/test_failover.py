@@ -176,11 +176,12 @@ async def run_failover(cluster: LocalCluster, receiver: Receiver, minimum: int, 
         hooks = [make_webhook(receiver.url(f"/failover/{n}")) for n in range(WEBHOOKS)]
         await s.add(*hooks)
         load = Load(settings, hooks, minimum, rate)
-        campaign = Campaign(settings, load, receiver, whole=lambda: wait_in_sync(settings))
+        campaign = Campaign(settings, load, receiver, logs, whole=lambda: wait_in_sync(settings))
         env = worker_env(settings)
         faults_over = asyncio.Event()
         async with (deliver_process(env, logs / "worker-1.log") as first,
                     deliver_process(env, logs / "worker-2.log") as second):
+            campaign.workers = [first, second]
             loader = asyncio.create_task(load.run(faults_over))
             await receiver.wait_for(300, timeout=120)
 
@@ -198,6 +199,7 @@ async def run_failover(cluster: LocalCluster, receiver: Receiver, minimum: int, 
                 second.kill()
                 await second.wait()
                 async with deliver_process(env, logs / "worker-3.log") as third:
+                    campaign.workers = [first, third]
                     await down_then_back(cluster, campaign, coordinator)
                     faults_over.set()
                     await loader

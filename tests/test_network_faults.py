@@ -87,12 +87,13 @@ async def run_network_faults(broker: ProxiedBroker, receiver: Receiver, minimum:
         hooks = [make_webhook(receiver.url(f"/net/{n}")) for n in range(WEBHOOKS)]
         await s.add(*hooks)
         load = Load(settings, hooks, minimum, rate)
-        campaign = Campaign(settings, load, receiver)
+        campaign = Campaign(settings, load, receiver, logs)
         env = worker_env(settings, AKECE_KAFKA_BOOTSTRAP_SERVERS=broker.proxied,
                          AKECE_KAFKA_REQUEST_TIMEOUT_MS=str(REQUEST_TIMEOUT_MS),
                          AKECE_KAFKA_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS))
         faults_over = asyncio.Event()
         async with deliver_process(env, logs / "worker.log") as worker:
+            campaign.workers = [worker]
             loader = asyncio.create_task(load.run(faults_over))
             await receiver.wait_for(300, timeout=120)
             await inject(campaign, proxy, durations)
