@@ -170,6 +170,19 @@ def test_causes_name_the_setting_to_check() -> None:
         "ConnectionRefusedError: [Errno 111] Connect call failed"
 
 
+def test_a_connection_lost_after_the_broker_answered_is_not_blamed_on_the_settings() -> None:
+    """Toxiproxy's reset_peer made a running worker log 'a TLS listener does that to a PLAINTEXT client':
+    once the same settings reached the broker, a closed or reset connection is a network or broker fault."""
+    closed = KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+    for error in (closed, ConnectionResetError(104, "Connection reset by peer")):
+        line = cause(error, "PLAINTEXT", answered_before=True)
+        assert "TLS" not in line and "SECURITY_PROTOCOL" not in line, line
+        assert "the broker answered these settings before, so the network or the broker went away" in line
+    assert cause(closed, "PLAINTEXT", answered_before=True).startswith("Connection at 127.0.0.1:9092 closed: ")
+    assert explain(closed, [closed], "SSL", answered_before=True) == cause(closed, "SSL", answered_before=True)
+    assert "a TLS listener does that" in explain(closed, [closed], "PLAINTEXT")  # first contact: still the hint
+
+
 def test_without_a_recorded_failure_the_client_error_stands() -> None:
     error = KafkaConnectionError("Unable to bootstrap from [('h', 1)]")
     assert explain(error, [], "PLAINTEXT") == str(error)

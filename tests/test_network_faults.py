@@ -103,6 +103,8 @@ async def run_network_faults(broker: ProxiedBroker, receiver: Receiver, minimum:
             assert worker.returncode is None, f"the worker exited during the faults\n{log_tails(logs)}"
             worker.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(worker.wait(), 60) == 0, log_tails(logs)
+        worker_log = (logs / "worker.log").read_text(errors="replace")
+        assert "TLS listener does that" not in worker_log, "a network fault was blamed on the security settings"
         dlq = await dead_lettered(settings)
     campaign.print_log()
     result = tally(f"Toxiproxy worker<->broker: latency, bandwidth, resets {durations.resets_s:g} s, "

@@ -134,14 +134,18 @@ def bootstrap_failures() -> Iterator[list[BaseException]]:
         _failures.reset(token)
 
 
-def explain(exc: BaseException, failures: Sequence[BaseException], protocol: str | None) -> str:
-    """One line saying why a client could not start: the first connection failure's cause, else ``exc``."""
+def explain(exc: BaseException, failures: Sequence[BaseException], protocol: str | None, *,
+            answered_before: bool = False) -> str:
+    """One line saying why a client could not start: the first connection failure's cause, else ``exc``.
+
+    ``answered_before``: these settings reached the broker earlier in this process, so a closed or
+    reset connection is the network or the broker going away, not a protocol mismatch."""
     if not failures:
         return str(exc) or type(exc).__name__
-    return cause(failures[0], protocol)
+    return cause(failures[0], protocol, answered_before=answered_before)
 
 
-def cause(error: BaseException, protocol: str | None) -> str:
+def cause(error: BaseException, protocol: str | None, *, answered_before: bool = False) -> str:
     """What a failed connection means, naming the setting to check."""
     if isinstance(error, SaslAuthenticationFailed):
         return (f"SASL authentication failed ({_broker_says(error)}): check {ENV}SASL_USERNAME, "
@@ -155,7 +159,12 @@ def cause(error: BaseException, protocol: str | None) -> str:
     if isinstance(error, ssl.SSLError):
         return (f"TLS handshake failed ({error.reason or error}): does this listener speak TLS? "
                 f"(check {ENV}SECURITY_PROTOCOL={protocol or '?'})")
-    if isinstance(error, KafkaConnectionError) and str(error).rstrip().endswith("closed"):
+    closed = isinstance(error, KafkaConnectionError) and str(error).rstrip().endswith("closed")
+    if (closed or isinstance(error, ConnectionResetError)) and answered_before:
+        what = _broker_says(error) if closed else "connection reset"
+        return (f"{what}: the broker answered these settings before, so the network or the broker went "
+                f"away (a restart, a failover, a reset or dropped connection)")
+    if closed:
         return f"{_broker_says(error)} by the broker: {_closed_hint(protocol)}"
     if isinstance(error, ConnectionResetError):
         return f"connection reset by the broker: {_closed_hint(protocol)}"
