@@ -7,6 +7,7 @@
 #   (Debian's is older than the Go examples need): without it, their tests and the Helm chart's are
 #   skipped with the reason;
 # - Helm v4 (the chart tests), built with Go (when there is one) into build/bin (deploy/install-helm.sh);
+# - Toxiproxy v2.12.0 (the network-fault tests), built with Go into build/toxiproxy (deploy/install-toxiproxy.sh);
 # - the Debian bookworm base image tarball the image test builds on (deploy/container/base-image.sh).
 # Big downloads and builds are cached under build/ (ignored by git).
 set -euo pipefail
@@ -35,6 +36,7 @@ if command -v go >/dev/null; then
 else
     echo "no go: Helm v4 is not built (the Helm chart tests say so and skip)" >&2
 fi
+bash deploy/install-toxiproxy.sh  # the network-fault tests' TCP fault proxy (Go; /usr/local/go/bin/go if not on PATH)
 if [[ $(id -u) -eq 0 ]]; then
     bash deploy/container/base-image.sh build/container/bookworm-python.tar
 else
