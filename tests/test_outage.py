@@ -155,3 +155,23 @@ async def test_a_store_write_while_the_broker_is_away_is_refused_at_once() -> No
     assert not store.available()
     with pytest.raises(BrokerUnreachableError, match="Kafka is unreachable: the change was not stored"):
         await store.delete(1)
+
+
+async def test_a_connection_closed_after_the_broker_answered_is_not_blamed_on_the_settings() -> None:
+    """Under Toxiproxy's reset_peer a running worker logged 'a TLS listener does that to a PLAINTEXT client'
+    (tests/test_network_faults.py). A listener that accepts and closes at once stands in for the reset."""
+
+    async def close_at_once(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        link = BrokerLink(settings(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=2000))
+        first_contact = await link._try()
+        assert first_contact is not None and "a TLS listener does that to a PLAINTEXT client" in first_contact
+        link._mark_up()  # the broker answered these settings once
+        later = await link._try()
+    assert later is not None and "TLS" not in later, later
+    assert later.endswith("closed: the broker answered these settings before, so the network or the broker "
+                          "went away (a restart, a failover, a reset or dropped connection)"), later

@@ -106,6 +106,7 @@ class BrokerLink:
         self._rng = rng or random.Random()
         self._clock = clock
         self._up = asyncio.Event()
+        self._answered = False  # the broker answered these settings before: a lost connection is no setting's fault
         self._wake = asyncio.Event()
         self._down_since: float | None = None
         self._logged_at = 0.0
@@ -166,7 +167,9 @@ class BrokerLink:
                         await pending.start()
                     self._started.append(pending)
             except (KafkaError, OSError, TimeoutError) as exc:
-                return explain(exc, failures, self._protocol) if failures else describe(exc)
+                if not failures:
+                    return describe(exc)
+                return explain(exc, failures, self._protocol, answered_before=self._answered)
             finally:
                 await client.close()
         return None
@@ -177,6 +180,7 @@ class BrokerLink:
                      tries=self._tries, client_lines_suppressed=self.suppressed)
         self._down_since = None
         self._tries = self._window_tries = 0
+        self._answered = True
         self._up.set()
 
     def _mark_down(self, error: str, delay: float) -> float:
