@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import generate_latest
 
 from services.contract import headers as h
@@ -313,3 +315,37 @@ async def test_an_error_while_concluding_is_the_records_failure(settings: Settin
     assert dead[items[0].delivery_id][h.DLQ_REASON] == "exhausted"  # internal, by the schedule
     assert dead[items[0].delivery_id][h.LAST_ERROR_CLASS] == "internal"
     assert dead[items[0].delivery_id][h.LAST_ERROR] == "RuntimeError: a bug"
+
+
+async def test_a_broker_away_while_concluding_is_ridden_out_not_the_records_failure(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the network-fault campaign (a 60 s black hole): aiokafka's ``send()`` raises ``KafkaTimeoutError``
+    when its buffer stays full because the broker is away. That is the broker's condition: the worker stops
+    (to be run again once the broker answers) and the record is redone, never concluded as ``internal`` and
+    dead-lettered although its receiver answered 200."""
+    async with stack(settings) as s:
+        hook = make_webhook(receiver.url("/away"))
+        await s.add(hook)
+        item = delivery(hook)
+        await produce(settings, [item])
+        real_send = AIOKafkaProducer.send
+        refused: list[str] = []
+
+        async def send(producer: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+            if topic == s.topics.attempts and not refused:
+                refused.append(topic)
+                raise KafkaTimeoutError("the buffer stayed full: the broker is away")
+            return await real_send(producer, topic, *args, **kwargs)
+
+        monkeypatch.setattr(AIOKafkaProducer, "send", send)
+        with captured_logs() as logs, pytest.raises(KafkaTimeoutError):
+            async with asyncio.timeout(WAIT_S):
+                await s.worker().run(asyncio.Event())
+        assert refused and len(receiver.for_path("/away")) == 1
+        assert not logs.events("delivery.internal_error") and not logs.events("delivery.dead_lettered_as_is")
+        assert s.sample("akece_webhooks_internal_errors_total", stage="delivery") == 0
+        await s.until_idle()  # the next run redoes the record: delivered again, with the same id
+    assert [r.headers["webhook-id"] for r in receiver.for_path("/away")] == [item.delivery_id] * 2
+    consumer = kafka.consumer(settings, group_id=None)
+    async with kafka.started(consumer):
+        assert sum((await kafka.end_offsets(consumer, s.topics.dlq)).values()) == 0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.contract import headers as h
 from services.contract.times import iso_time
@@ -54,6 +54,7 @@ log = logs.get("delivery")
 
 SYNC_TIMEOUT_S = 5.0
 INTERNAL = ErrorClass.INTERNAL
+RECORD_KAFKA_ERRORS = (MessageSizeTooLargeError,)  # Kafka errors about the record itself, not the broker
 
 
 class Attempts:
@@ -171,10 +172,10 @@ class Attempts:
         now = time.time()
         try:
             acks = await self._settle(job, result, started_at, now)
-        except KafkaUnavailableError:
-            raise
-        except Exception as exc:  # concluding failed for this record: conclude it as internal
-            acks = await self._settle_internal(job, result, exc, started_at, now)
+        except Exception as exc:
+            if broker_side(exc):  # e.g. the producer's buffer full while the broker is away: ride it out
+                raise
+            acks = await self._settle_internal(job, result, exc, started_at, now)  # this record's failure
         if dispatched:
             if result.sent:
                 self._dispatcher.observe(job.meta.webhook_id, result.ok, result.duration_s)
@@ -189,9 +190,9 @@ class Attempts:
             result = self._internal(job, exc)
             try:
                 return await self._settle(job, result, started_at, now)
-            except KafkaUnavailableError:
-                raise
             except Exception as again:
+                if broker_side(again):
+                    raise
                 exc = again
         assert self._producer is not None
         message = (result.error_message or type(exc).__name__)[:300]
@@ -291,3 +292,14 @@ class Attempts:
             webhook = self._table.get(webhook_id)
             if webhook is None or not webhook.enabled:
                 self.circuits.forget(webhook_id)
+
+
+
+def broker_side(exc: BaseException) -> bool:
+    """Whether an error while concluding a record is the broker's (the worker stops and is run again once
+    it answers; the record is redone) rather than the record's own (its ``internal`` failure). aiokafka
+    raises ``KafkaTimeoutError`` from ``send()`` when its buffer stays full because the broker is away:
+    taken for the record's, an unreachable broker dead-lettered deliveries the receivers had accepted."""
+    if isinstance(exc, KafkaUnavailableError):
+        return True
+    return isinstance(exc, KafkaError) and not isinstance(exc, RECORD_KAFKA_ERRORS)
