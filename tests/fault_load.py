@@ -197,3 +197,11 @@ def assert_nothing_lost(result: Tally) -> None:
 def log_tails(logs: Path) -> str:
     """The end of every worker log in ``logs`` (for an assertion message)."""
     return "\n".join(f"{log.name}: ...{log.read_text(errors='replace')[-1500:]}" for log in sorted(logs.glob("*.log")))
+
+
+def assert_clean_logs(logs: Path) -> None:
+    """No worker took the faults for a record's failure, nor blamed them on the security settings."""
+    for log in sorted(logs.glob("worker*.log")):
+        text = log.read_text(errors="replace")
+        assert '"delivery.internal_error"' not in text, f"{log.name}: a broker fault was a record's internal error"
+        assert "TLS listener does that" not in text, f"{log.name}: a network fault was blamed on the security settings"

@@ -43,6 +43,7 @@ from tests.fault_load import (
     Campaign,
     Load,
     Tally,
+    assert_clean_logs,
     assert_nothing_lost,
     dead_lettered,
     deliver_process,
@@ -209,6 +210,7 @@ async def run_failover(cluster: LocalCluster, receiver: Receiver, minimum: int, 
                         process.send_signal(signal.SIGTERM)
                     codes = [await asyncio.wait_for(p.wait(), 60) for p in (first, third)]
         assert codes == [0, 0], log_tails(logs)
+        assert_clean_logs(logs)
         dlq = await dead_lettered(settings)
     campaign.print_log()
     result = tally("3-node cluster: SIGKILL partition leader, controller, coordinator during a worker restart",
