@@ -22,10 +22,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import Webhook
-from services.shared.topics import Topics
 from tests.delivery_support import Delivery, delivery
 from tests.receiver import Receiver
 

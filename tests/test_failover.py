@@ -32,11 +32,11 @@ import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from services.contract.topics import Topics
+from services.devtools.kafka_local import HOST, _wait_exit, add_kafka_parser, free_port
+from services.devtools.kafka_local_cluster import LocalCluster
 from services.shared import kafka
-from services.shared.kafka_local import HOST, _wait_exit, add_kafka_parser, free_port
-from services.shared.kafka_local_cluster import LocalCluster
 from services.shared.settings import Settings
-from services.shared.topics import Topics
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook, stack
 from tests.fault_load import (

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.shared.kafka_local import add_kafka_parser, free_port
-from services.shared.kafka_local_cluster import LocalCluster
+from services.devtools.kafka_local import add_kafka_parser, free_port
+from services.devtools.kafka_local_cluster import LocalCluster
 from services.shared.settings import Settings
 
 

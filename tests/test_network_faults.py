@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from services.shared.kafka_local import HOST, LocalKafka, free_port
+from services.devtools.kafka_local import HOST, LocalKafka, free_port
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook, stack
 from tests.fault_load import (
