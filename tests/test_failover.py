@@ -231,7 +231,12 @@ async def test_cluster_runs_three_nodes_with_replicated_topics(cluster: LocalClu
     settings = cluster_settings(cluster)
     await kafka.ensure_topics(settings)
     deliveries = Topics.from_settings(settings).deliveries
-    found = await partitions(settings, [deliveries])
+    async with asyncio.timeout(30):  # a topic just created may have no partitions in metadata for a moment
+        while True:
+            found = await partitions(settings, [deliveries])
+            if found[deliveries]:
+                break
+            await asyncio.sleep(0.2)  # a condition polled, bounded by the timeout
     assert [len(_nodes(p, "replicas")) for p in found[deliveries]] == [3, 3, 3]
     async with kafka.started(kafka.admin(settings)) as admin:
         [response] = await admin.describe_configs(
