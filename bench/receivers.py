@@ -5,7 +5,8 @@ Every receiver writes one line per request it receives: ``<unix time, ms> <webho
 for a request it holds past the sender's timeout). ``ArrivalLog`` tails those files: they are the
 ground truth of arrivals (loss, duplicates) and of arrival times (latency).
 
-- ``Nginx``: Debian's nginx (one worker, no master) answering ``200 {}`` to every POST at once.
+- ``Nginx``: Debian's nginx (one worker, no master) answering ``200 {}`` to every POST at once
+  (``500 {}`` under ``/fail/``, a webhook that always fails).
   Its ``$msec`` is the time the request completed, which for ``return 200`` is its arrival.
 - ``PyReceiver``: an aiohttp receiver in its own process(es) (``python -m bench.receivers``), for
   what nginx cannot do: ``/slow/<ms>/...`` answers after ``ms`` milliseconds, ``/hang/...`` holds
@@ -60,6 +61,7 @@ http {{
         access_log {dir}/arrivals-nginx.log arrivals buffer=256k flush=200ms;
         default_type application/json;
         location / {{ return 200 '{{}}'; }}
+        location /fail/ {{ return 500 '{{}}'; }}
     }}
 }}
 """

@@ -107,6 +107,9 @@ class Metrics:
             f"{p}_worker_up", "1 while a worker of this process runs, by role.", ["role"], registry=registry)
         self.worker_ready = Gauge(
             f"{p}_worker_ready", "1 while a worker of this process is ready, by role.", ["role"], registry=registry)
+        self.asyncio_tasks = Gauge(
+            f"{p}_asyncio_tasks", "Asyncio tasks of this process's event loop, counted when /metrics is scraped.",
+            registry=registry)
 
         # API
         self.api_requests = Counter(

@@ -51,6 +51,7 @@ def health_routes(app: web.Application, states: Sequence[WorkerState], registry:
         if metrics_ is not None:
             for state in states:
                 metrics_.worker_ready.labels(state.worker.name).set(int(state.alive and state.worker.ready()))
+            metrics_.asyncio_tasks.set(len(asyncio.all_tasks()))
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
