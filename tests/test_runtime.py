@@ -57,6 +57,32 @@ async def test_health_endpoints_and_clean_stop() -> None:
     assert await task == 0
 
 
+async def test_metrics_count_the_event_loops_tasks() -> None:
+    """akece_webhooks_asyncio_tasks (read by the soak in bench/) follows the tasks the process runs."""
+    worker = Idle("router")
+    sup = supervisor(worker)
+    task = asyncio.create_task(sup.run(install_signals=False))
+    await worker.started.wait()
+    assert sup.bound_port
+
+    async def tasks() -> float:
+        _, body = await _get(sup.bound_port or 0, "/metrics")
+        line = next(line for line in body.splitlines() if line.startswith("akece_webhooks_asyncio_tasks "))
+        return float(line.split()[1])
+
+    before = await tasks()
+    extra = [asyncio.create_task(asyncio.sleep(30)) for _ in range(25)]
+    try:
+        assert await tasks() == before + 25
+    finally:
+        for t in extra:
+            t.cancel()
+        await asyncio.gather(*extra, return_exceptions=True)
+    assert await tasks() == before
+    sup.stop.set()
+    assert await task == 0
+
+
 async def test_crashing_worker_fails_the_process() -> None:
     healthy = Idle("api")
     assert await supervisor(healthy, Idle("router", crash=True)).run(install_signals=False) == 1
