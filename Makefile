@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install tools run test test-fast faults lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
+.PHONY: install tools run test test-fast faults soak lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ config-table: install
 
 bench: install tools
 	$(PY) -m bench
+
+# 30 minutes at half the sustained rate, 1% of webhooks failing, its own broker SIGKILLed and started
+# again in the middle: RSS, fds, asyncio tasks and consumer lag every 10 s (bench/results/soak-<date>.*).
+soak: install tools
+	$(PY) -m bench.soak
 
 # The chart carries copies of the alert rules and the dashboard (Helm reads only its own folder);
 # tests/test_helm_chart.py fails when they differ from the sources.
