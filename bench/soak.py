@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from services.shared.kafka_local import LocalKafka, PortInUseError, free_port, kafka_version
+from services.shared.topics import Topics
 
 from bench.e2e import Hook, RunConfig, Scenario, ScenarioRun, log_problems, percentile, read_deliveries
 from bench.limits import cpu_seconds, machine_busy_seconds
@@ -48,8 +50,6 @@ from services.publisher.events import OutgoingEvent
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.errors import AkeceError
-from services.shared.kafka_local import LocalKafka, PortInUseError, free_port, kafka_version
-from services.shared.topics import Topics
 
 HALF_SUSTAINED = 640.0  # deliveries/s: half of 1,289/s (make bench, instant receiver, 2-core VM, 2026-12-03)
 FLAT_WITHIN = 0.10
