@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from services.shared.kafka_local import LocalKafka, PortInUseError, free_port, kafka_version
-from services.shared.topics import Topics
 
 from bench.e2e import Hook, RunConfig, Scenario, ScenarioRun, log_problems, percentile, read_deliveries
 from bench.limits import cpu_seconds, machine_busy_seconds
 from bench.receivers import ArrivalLog, Nginx
+from services.contract.topics import Topics
+from services.devtools.kafka_local import LocalKafka, PortInUseError, free_port, kafka_version
 from services.publisher.events import OutgoingEvent
 from services.publisher.publisher import Publisher
 from services.shared import kafka
