@@ -16,6 +16,7 @@ from aiohttp import web
 from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import BadRequest, parse_body
 from services.shared.auth import NOT_FOUND, PRINCIPAL
+from services.shared.digits import ascii_int
 from services.shared.subscriptions import Webhook
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,14 +40,9 @@ def not_found() -> NotFound:
     return NotFound(NOT_FOUND)
 
 
-def _int(text: str) -> int | None:
-    """An id of the path: ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
-
-
 def _account(request: web.Request) -> int:
     """The path's account, if the caller may touch it; 404 otherwise (do not reveal it exists)."""
-    account_id = _int(request.match_info["account_id"])
+    account_id = ascii_int(request.match_info["account_id"])
     principal = request[PRINCIPAL]
     if account_id is None or not principal.may_access(account_id):
         raise not_found()
@@ -54,7 +50,7 @@ def _account(request: web.Request) -> int:
 
 
 def _webhook_id(request: web.Request) -> int:
-    webhook_id = _int(request.match_info["id"])
+    webhook_id = ascii_int(request.match_info["id"])
     if webhook_id is None:
         raise not_found()
     return webhook_id
@@ -70,9 +66,10 @@ def _page_param(request: web.Request, name: str, default: int, most: int) -> int
     text = request.query.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= most):
+    number = ascii_int(text, digits=9)
+    if number is None or not 1 <= number <= most:
         raise BadRequest(f"{name} must be a whole number from 1 to {most}")
-    return int(text)
+    return number
 
 
 async def list_webhooks(request: web.Request) -> web.StreamResponse:

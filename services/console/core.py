@@ -18,6 +18,7 @@ from services.console import html
 from services.console.client import Answer, Api
 from services.console.session import Session, csrf_ok, current
 from services.shared.auth import TokenAuthenticator
+from services.shared.digits import ascii_int
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 
@@ -103,7 +104,7 @@ Handler = Callable[[web.Request, Ctx], Awaitable[web.StreamResponse]]
 def _ids_ok(request: web.Request, session: Session) -> bool:
     for name in ("account_id", "id"):
         value = request.match_info.get(name)
-        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 18):
+        if value is not None and ascii_int(value) is None:
             return False
     account = request.match_info.get("account_id")
     return account is None or session.principal.may_access(int(account))

@@ -19,6 +19,7 @@ from services.console import html
 from services.console.client import Answer
 from services.console.core import Ctx, check
 from services.console.html import esc, when
+from services.shared.digits import ascii_int
 
 PER_PAGE = 50
 MAX_READ = 1000  # the deliveries API's largest page
@@ -34,9 +35,8 @@ def _select(name: str, label: str, options: tuple[str, ...], chosen: str, *, any
 
 
 def _int(text: str | None, default: int) -> int:
-    if not (text and text.isascii() and text.isdigit() and len(text) <= 9):
-        return default
-    return int(text) if 0 < int(text) < 10_000 else default
+    number = ascii_int(text, digits=9)
+    return number if number is not None and 0 < number < 10_000 else default
 
 
 def _status(attempt: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.auth import NOT_FOUND, PRINCIPAL, TokenAuthenticator, token_from_headers
+from services.shared.digits import ascii_int
 from services.shared.errors import AkeceError, ValidationError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
@@ -150,13 +151,11 @@ class ReplayRoutes:
         return handle
 
     def _webhook(self, request: web.Request) -> Webhook:
-        account, webhook_id = request.match_info["account_id"], request.match_info["id"]
-        if not all(text.isascii() and text.isdigit() and len(text) <= 18 for text in (account, webhook_id)):
+        account, webhook_id = ascii_int(request.match_info["account_id"]), ascii_int(request.match_info["id"])
+        if account is None or webhook_id is None or not self.authorize(request, account):
             raise _not_found()
-        if not self.authorize(request, int(account)):
-            raise _not_found()
-        webhook = self.table.get(int(webhook_id))
-        if webhook is None or webhook.account_id != int(account):
+        webhook = self.table.get(webhook_id)
+        if webhook is None or webhook.account_id != account:
             raise _not_found()
         return webhook
 
@@ -327,10 +326,10 @@ def _rate(body: dict[str, Any]) -> float | None:
 
 
 def _limit(request: web.Request) -> int:
-    text = request.query.get("limit", "100")
-    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= MAX_LIMIT):
+    limit = ascii_int(request.query.get("limit", "100"), digits=9)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise _bad(f"limit must be 1..{MAX_LIMIT}")
-    return int(text)
+    return limit
 
 
 REPLAY_ROUTES = web.AppKey("replay_routes", ReplayRoutes)

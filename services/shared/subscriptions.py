@@ -26,6 +26,7 @@ from services.contract.times import now_iso
 from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.digits import ascii_int
 from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
@@ -193,9 +194,9 @@ class SubscriptionTable:
         """Apply one record without reindexing; returns the accounts whose index is now stale."""
         if key is None:
             return set()
-        if not (key.isascii() and key.isdigit() and len(key) <= 18):
+        webhook_id = ascii_int(key)
+        if webhook_id is None:
             raise BadRecordError("the key is not a webhook id")
-        webhook_id = int(key)
         webhook = None if value is None else decode_webhook(value)  # a bad record changes nothing
         if webhook is not None and webhook.id != webhook_id:
             raise BadRecordError("the key is not the record's webhook id")
