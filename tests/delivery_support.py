@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,8 +80,10 @@ async def produce(settings: Settings, items: Sequence[Delivery], topic: str | No
             await asyncio.gather(*futures)
 
 
-async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
-    """The first ``count`` records of ``topic`` (all partitions, no group); waits for them."""
+async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30.0,
+                     where: Callable[[Any], bool] | None = None) -> list[Any]:
+    """The first ``count`` records of ``topic`` (all partitions, no group), or of those ``where`` keeps;
+    waits for them."""
     consumer = kafka.consumer(settings, group_id=None)
     found: list[Any] = []
     async with kafka.started(consumer):
@@ -91,7 +93,7 @@ async def read_topic(settings: Settings, topic: str, count: int, timeout: float 
         async with asyncio.timeout(timeout):
             while len(found) < count:
                 for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    found.extend(batch)
+                    found.extend(batch if where is None else filter(where, batch))
     return found
 
 

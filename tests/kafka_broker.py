@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -18,7 +19,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.devtools.kafka_local import BOOTSTRAP_ENV, KafkaStatus, LocalKafka, PortInUseError, free_port
+from services.devtools.kafka_local import (
+    BOOTSTRAP_ENV,
+    KafkaStatus,
+    LocalKafka,
+    PortInUseError,
+    add_kafka_parser,
+    free_port,
+)
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
 START_ATTEMPTS = 3  # free ports can be taken between picking and binding
@@ -77,3 +85,12 @@ def _docker_broker() -> Iterator[str]:
 
     with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
         yield str(container.get_bootstrap_server())
+
+
+def kafka_cli(*argv: str) -> int:
+    """``akece-webhooks kafka ARGV...`` run in this process; its exit code."""
+    parser = argparse.ArgumentParser(prog="akece-webhooks")
+    add_kafka_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["kafka", *argv])
+    code: int = args.func(args)
+    return code

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import orjson
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from bench.fixtures import running_store
 from schemas import validate_event
 from services.admin.service import webhook_view
 from services.contract import headers as h
@@ -21,7 +22,7 @@ from services.shared import kafka
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.subscriptions import Webhook
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook, read_topic, stack
 from tests.receiver import Receiver
@@ -45,16 +46,8 @@ async def cli(settings: Settings, *args: str) -> Done:
 
 
 async def store_webhook(settings: Settings, webhook: Webhook) -> None:
-    table = SubscriptionTable(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(table.run(stop))
-    try:
-        await asyncio.wait_for(table.wait_ready(), 30)
-        async with kafka.started(kafka.producer(settings)) as producer:
-            await SubscriptionStore(settings, table, producer).put(webhook)
-    finally:
-        stop.set()
-        await task
+    async with running_store(settings) as store:
+        await store.put(webhook)
 
 
 async def test_publish_example_sends_a_realistic_event_for_the_account(settings: Settings, topics: Topics) -> None:

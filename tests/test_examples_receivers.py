@@ -32,12 +32,11 @@ import pytest
 
 from services.contract.topics import Topics
 from services.delivery.signing import request_headers
-from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import SigningSecret, Webhook, new_secret
 from tests import toolchains
 from tests.conftest import make_settings
-from tests.delivery_support import delivery, make_webhook, produce
+from tests.delivery_support import delivery, make_webhook, produce, read_topic
 from tests.pipeline_support import Pipeline, running_pipeline
 from tests.receiver import Receiver
 
@@ -123,18 +122,9 @@ async def setup(kafka_bootstrap: str) -> AsyncIterator[Setup]:
 
 async def attempts_of(settings: Settings, delivery_id: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The first ``count`` attempt log records of a delivery, in log order (waits for them)."""
-    topic = Topics.from_settings(settings).attempts
-    consumer = kafka.consumer(settings, group_id=None)
-    found: list[dict[str, Any]] = []
-    async with kafka.started(consumer):
-        ends = await kafka.end_offsets(consumer, topic)
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        async with asyncio.timeout(timeout):
-            while len(found) < count:
-                for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    found += [a for r in batch if (a := orjson.loads(r.value))["delivery_id"] == delivery_id]
-    return found[:count]
+    records = await read_topic(settings, Topics.from_settings(settings).attempts, count, timeout,
+                               where=lambda r: orjson.loads(r.value)["delivery_id"] == delivery_id)
+    return [orjson.loads(r.value) for r in records[:count]]
 
 
 async def deliver(setup: Setup, webhook: Webhook, *, again: int = 1) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ fault began, plus those produced until it was over). The CI-sized run is in ``ma
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -33,7 +32,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from services.contract.topics import Topics
-from services.devtools.kafka_local import HOST, _wait_exit, add_kafka_parser, free_port
+from services.devtools.kafka_local import HOST, _wait_exit, free_port
 from services.devtools.kafka_local_cluster import LocalCluster
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -51,6 +50,7 @@ from tests.fault_load import (
     tally,
     wait_all_arrived,
 )
+from tests.kafka_broker import kafka_cli
 from tests.receiver import Receiver
 from tests.test_delivery_crash import worker_env
 
@@ -62,14 +62,6 @@ IN_SYNC_TIMEOUT_S = 120.0
 
 
 # ---------------------------------------------------------------- the cluster
-
-
-def _kafka_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="akece-webhooks")
-    add_kafka_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["kafka", *argv])
-    code: int = args.func(args)
-    return code
 
 
 def _free_run(count: int) -> int:
@@ -93,14 +85,14 @@ def _free(port: int) -> bool:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data_dir = tmp_path_factory.mktemp("cluster") / "kafka"
-    started = _kafka_cli("start", "--nodes", str(NODES), "--port", str(_free_run(NODES)), "--data-dir", str(data_dir))
+    started = kafka_cli("start", "--nodes", str(NODES), "--port", str(_free_run(NODES)), "--data-dir", str(data_dir))
     assert started == 0
     local = LocalCluster(data_dir)
     try:
         yield local
     finally:
         pids = [pid for pid in (local.pid(n) for n in local.node_ids()) if pid is not None]
-        _kafka_cli("stop", "--grace", "10", "--data-dir", str(data_dir))
+        kafka_cli("stop", "--grace", "10", "--data-dir", str(data_dir))
         for pid in pids:  # whatever survived the stop (it should not), by pid
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -225,7 +217,7 @@ async def run_failover(cluster: LocalCluster, receiver: Receiver, minimum: int, 
 
 async def test_cluster_runs_three_nodes_with_replicated_topics(cluster: LocalCluster,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert _kafka_cli("status", "--data-dir", str(cluster.data_dir)) == 0
+    assert kafka_cli("status", "--data-dir", str(cluster.data_dir)) == 0
     out = capsys.readouterr().out
     assert "3 of 3 nodes" in out and out.count(": running ") == NODES
     settings = cluster_settings(cluster)

@@ -29,12 +29,11 @@ import pytest
 
 from services.contract import attempts
 from services.delivery.http import HttpSender
-from services.shared import kafka
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import HttpSettings, Settings
 from services.shared.subscriptions import Webhook
 from tests.conftest import make_settings
-from tests.delivery_support import delivery, make_webhook, produce, stack
+from tests.delivery_support import delivery, make_webhook, produce, read_topic, stack
 from tests.hostile import BEHAVIORS, HostileServer
 from tests.receiver import Receiver
 
@@ -106,18 +105,10 @@ async def peak_rss() -> AsyncIterator[list[float]]:
 
 async def hostile_attempts(settings: Settings, topic: str, webhook_id: int, count: int) -> list[attempts.AttemptRecord]:
     """The first ``count`` attempt records of ``webhook_id`` (waits for them)."""
-    found: list[attempts.AttemptRecord] = []
-    consumer = kafka.consumer(settings, group_id=None)
-    async with kafka.started(consumer):
-        ends = await kafka.end_offsets(consumer, topic)
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        async with asyncio.timeout(WAIT_S):
-            while len(found) < count:
-                for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    found += [r for r in map(attempts.decode, (m.value for m in batch if m.key == attempts.key(
-                        webhook_id))) if r is not None]
-    return found
+    key = attempts.key(webhook_id)
+    records = await read_topic(settings, topic, count, WAIT_S,
+                               where=lambda m: m.key == key and attempts.decode(m.value) is not None)
+    return [record for record in map(attempts.decode, (m.value for m in records)) if record is not None]
 
 
 @contextlib.asynccontextmanager

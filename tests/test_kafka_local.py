@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -20,11 +19,11 @@ from services.devtools.kafka_local import (
     LocalKafka,
     LocalKafkaError,
     PortInUseError,
-    add_kafka_parser,
     default_port,
     free_port,
     new_cluster_id,
 )
+from tests.kafka_broker import kafka_cli
 
 TOPIC = "lifecycle"
 
@@ -61,14 +60,6 @@ async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, byte
         return records
     finally:
         await consumer.stop()
-
-
-def _kafka_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="akece-webhooks")
-    add_kafka_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
 
 
 @pytest.mark.kafka
@@ -126,25 +117,25 @@ def test_cli_start_status_stop_reset(tmp_path: Path, capsys: pytest.CaptureFixtu
     data = str(tmp_path / "data")
     port = free_port()
     try:
-        assert _kafka_cli(["kafka", "start", "--port", str(port), "--data-dir", data]) == 0
+        assert kafka_cli("start", "--port", str(port), "--data-dir", data) == 0
         assert f"kafka running on 127.0.0.1:{port} (pid " in capsys.readouterr().out
-        assert _kafka_cli(["kafka", "start", "--data-dir", data]) == 0
+        assert kafka_cli("start", "--data-dir", data) == 0
         assert "kafka already running on" in capsys.readouterr().out
-        assert _kafka_cli(["kafka", "status", "--data-dir", data]) == 0
+        assert kafka_cli("status", "--data-dir", data) == 0
         capsys.readouterr()
 
         precious = Path(data) / "notes.txt"
         precious.write_text("not the broker's")
-        assert _kafka_cli(["kafka", "reset", "--data-dir", data]) == 1
+        assert kafka_cli("reset", "--data-dir", data) == 1
         assert "refusing to wipe" in capsys.readouterr().err
-        assert _kafka_cli(["kafka", "status", "--data-dir", data]) == 0, "a refused reset leaves the broker running"
+        assert kafka_cli("status", "--data-dir", data) == 0, "a refused reset leaves the broker running"
         assert precious.read_text() == "not the broker's"
         precious.unlink()
     finally:
-        assert _kafka_cli(["kafka", "stop", "--data-dir", data]) == 0
+        assert kafka_cli("stop", "--data-dir", data) == 0
     assert "kafka stopped (pid " in capsys.readouterr().out
-    assert _kafka_cli(["kafka", "status", "--data-dir", data]) == 3
-    assert _kafka_cli(["kafka", "reset", "--data-dir", data]) == 0
+    assert kafka_cli("status", "--data-dir", data) == 3
+    assert kafka_cli("reset", "--data-dir", data) == 0
     assert not Path(data).exists()
 
 
@@ -208,8 +199,7 @@ def test_missing_maven_says_what_to_install(java_only_path: Path, tmp_path: Path
 
 def test_cli_missing_maven_is_one_line(java_only_path: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["kafka", "start", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
-    assert _kafka_cli(argv) == 1
+    assert kafka_cli("start", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")) == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
         "kafka start: Maven not found: install maven (needed once, to download the Kafka jars from Maven Central)"]
@@ -233,7 +223,7 @@ def test_a_broker_that_fails_to_start_shows_its_log(tmp_path: Path, monkeypatch:
 def test_cli_reports_errors_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        assert _kafka_cli(["kafka", "start", "--port", str(port), "--data-dir", str(tmp_path)]) == 1
+        assert kafka_cli("start", "--port", str(port), "--data-dir", str(tmp_path)) == 1
     assert f"port {port} is in use" in capsys.readouterr().err
 
 

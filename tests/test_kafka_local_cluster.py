@@ -5,23 +5,15 @@ The cluster itself runs in tests/test_failover.py (start, status, SIGKILL and re
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from services.devtools.kafka_local import add_kafka_parser, free_port
+from services.devtools.kafka_local import free_port
 from services.devtools.kafka_local_cluster import LocalCluster
 from services.shared.settings import Settings
-
-
-def _kafka_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="akece-webhooks")
-    add_kafka_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["kafka", *argv])
-    code: int = args.func(args)
-    return code
+from tests.kafka_broker import kafka_cli
 
 
 def test_three_nodes_make_one_quorum_with_replication_three_and_min_isr_two(tmp_path: Path) -> None:
@@ -42,11 +34,11 @@ def test_a_cluster_dir_remembers_its_size(tmp_path: Path, capsys: pytest.Capture
     data_dir.mkdir()
     (data_dir / "cluster.json").write_text(json.dumps(
         {"nodes": 3, "ports": [1, 2, 3], "controller_ports": [4, 5, 6], "cluster_id": "x"}))
-    assert _kafka_cli("start", "--nodes", "1", "--data-dir", str(data_dir)) == 1
+    assert kafka_cli("start", "--nodes", "1", "--data-dir", str(data_dir)) == 1
     assert capsys.readouterr().err.strip() == (
         f"kafka start: {data_dir.resolve()} holds a 3-node cluster: start it without --nodes, or wipe it with "
         "`akece-webhooks kafka reset` first")
-    assert _kafka_cli("status", "--data-dir", str(data_dir)) == 3
+    assert kafka_cli("status", "--data-dir", str(data_dir)) == 3
     out = capsys.readouterr().out
     assert "kafka cluster stopped: 0 of 3 nodes" in out and out.count(": stopped ") == 3
 
@@ -58,7 +50,7 @@ def test_a_cluster_dir_remembers_its_size(tmp_path: Path, capsys: pytest.Capture
 ])
 def test_bad_cluster_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                          error: str) -> None:
-    assert _kafka_cli("start", *argv, "--data-dir", str(tmp_path / "c")) == 1
+    assert kafka_cli("start", *argv, "--data-dir", str(tmp_path / "c")) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"kafka start: {error}") and err.count("\n") == 1
 
@@ -66,7 +58,7 @@ def test_bad_cluster_options_are_refused(tmp_path: Path, capsys: pytest.CaptureF
 def test_a_single_node_dir_is_not_turned_into_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = tmp_path / "single"
     (data_dir / "logs").mkdir(parents=True)
-    assert _kafka_cli("start", "--nodes", "3", "--data-dir", str(data_dir)) == 1
+    assert kafka_cli("start", "--nodes", "3", "--data-dir", str(data_dir)) == 1
     assert "holds a single-node broker: use another --data-dir" in capsys.readouterr().err
 
 
