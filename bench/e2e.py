@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.fixtures import running_store
 from bench.limits import cpu_seconds, machine_busy_seconds, peak_rss_mb
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, stop_process
 from schemas import DEFAULT_SUBSCRIPTIONS
@@ -50,8 +51,6 @@ from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import (
-    SubscriptionStore,
-    SubscriptionTable,
     Webhook,
     new_webhook_id,
 )
@@ -480,18 +479,8 @@ class ScenarioRun:
 
     async def create_webhooks(self) -> None:
         await kafka.ensure_topics(self.settings)
-        table, stop = SubscriptionTable(self.settings), asyncio.Event()
-        follower = asyncio.create_task(table.run(stop))
-        try:
-            await asyncio.wait_for(table.wait_ready(), 60)
-            producer = kafka.producer(self.settings)
-            async with kafka.started(producer):
-                store = SubscriptionStore(self.settings, table, producer)
-                await asyncio.gather(*(store.put(webhook_record(hook, self.url_of(hook)))
-                                       for hook in self.workload.hooks))
-        finally:
-            stop.set()
-            await follower
+        async with running_store(self.settings) as store:
+            await asyncio.gather(*(store.put(webhook_record(hook, self.url_of(hook))) for hook in self.workload.hooks))
 
     def start_pipeline(self) -> None:
         for i in range(self.config.router_procs):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import Hook, read_deliveries, settings_for, start_role, webhook_record
+from bench.fixtures import running_store
 from bench.limits import machine_busy_seconds
 from bench.peers import camel
 from bench.receivers import ArrivalLog, Nginx, stop_process
@@ -44,7 +45,7 @@ from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, new_webhook_id
+from services.shared.subscriptions import new_webhook_id
 
 ACCOUNT = 1000
 CONVERSATIONS = 500
@@ -210,16 +211,8 @@ class PeersRun:
                 "ratios": ratios(results)}
 
     async def _create_webhook(self, url: str) -> None:
-        table, stop = SubscriptionTable(self.settings), asyncio.Event()
-        follower = asyncio.create_task(table.run(stop))
-        try:
-            await asyncio.wait_for(table.wait_ready(), 60)
-            producer = kafka.producer(self.settings)
-            async with kafka.started(producer):
-                await SubscriptionStore(self.settings, table, producer).put(webhook_record(self.hook, url))
-        finally:
-            stop.set()
-            await follower
+        async with running_store(self.settings) as store:
+            await store.put(webhook_record(self.hook, url))
 
     def _start(self, key: str, url: str, directory: Path) -> list[Proc]:
         directory.mkdir(parents=True, exist_ok=True)
