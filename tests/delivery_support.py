@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,6 +36,7 @@ from services.shared.subscriptions import (
 )
 
 READY_TIMEOUT_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_webhook(url: str, *, account_id: int = 1, secrets: int = 1, enabled: bool = True,
@@ -163,3 +168,40 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     finally:
         stop.set()
         await task
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment of a real worker process for these settings (no AKECE_ variable of this shell)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AKECE_")}
+    env.update({
+        "AKECE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "AKECE_TOPIC_PREFIX": settings.topic_prefix,
+        "AKECE_ALLOWED_PRIVATE_CIDRS": ",".join(settings.allowed_private_cidrs),
+        "AKECE_RETRY_SCHEDULE": ",".join(str(d) for d in settings.retry.schedule),
+        "AKECE_RETRY_JITTER": "0",
+        "AKECE_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+        "AKECE_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
+        "AKECE_KAFKA_REBALANCE_TIMEOUT_MS": str(settings.kafka.rebalance_timeout_ms),
+        "AKECE_METRICS_HOST": "127.0.0.1",
+        "AKECE_METRICS_PORT": "0",
+        "AKECE_LOG_LEVEL": "warning",
+        "AKECE_LOG_FORMAT": "json",
+    })
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def deliver_process(env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ``akece-webhooks deliver`` process, its output appended to ``log`` (a pipe nobody
+    reads would fill up under a fault's log lines and stall the worker); killed on exit if still running."""
+    with log.open("ab") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services", "deliver", cwd=ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,23 +29,6 @@ from tests.receiver import Receiver
 
 BATCH = 50
 PROGRESS = 150  # deliveries that must arrive to call the pipeline moving
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@asynccontextmanager
-async def deliver_process(env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A real ``akece-webhooks deliver`` process, its output appended to ``log`` (a pipe nobody
-    reads would fill up under a fault's log lines and stall the worker); killed on exit if still running."""
-    with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services", "deliver", cwd=ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @dataclass

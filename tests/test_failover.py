@@ -37,7 +37,7 @@ from services.devtools.kafka_local_cluster import LocalCluster
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings
-from tests.delivery_support import make_webhook, stack
+from tests.delivery_support import deliver_process, make_webhook, stack, worker_env
 from tests.fault_load import (
     Campaign,
     Load,
@@ -45,14 +45,12 @@ from tests.fault_load import (
     assert_clean_logs,
     assert_nothing_lost,
     dead_lettered,
-    deliver_process,
     log_tails,
     tally,
     wait_all_arrived,
 )
 from tests.kafka_broker import kafka_cli
 from tests.receiver import Receiver
-from tests.test_delivery_crash import worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 

@@ -29,7 +29,7 @@ import pytest
 
 from services.devtools.kafka_local import HOST, LocalKafka, free_port
 from tests.conftest import make_settings
-from tests.delivery_support import make_webhook, stack
+from tests.delivery_support import deliver_process, make_webhook, stack, worker_env
 from tests.fault_load import (
     Campaign,
     Load,
@@ -37,13 +37,11 @@ from tests.fault_load import (
     assert_clean_logs,
     assert_nothing_lost,
     dead_lettered,
-    deliver_process,
     log_tails,
     tally,
     wait_all_arrived,
 )
 from tests.receiver import Receiver
-from tests.test_delivery_crash import worker_env
 from tests.toxiproxy import Proxy, Toxiproxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
