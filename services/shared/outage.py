@@ -3,8 +3,9 @@
 A broker that is unreachable (not started yet, restarting, partitioned) is a condition to ride
 out, not an error to exit on::
 
-    BrokerLink (a Worker, "kafka")   probes the broker: every PROBE_INTERVAL_S while it answers,
-                                     with capped exponential backoff (jitter) while it does not;
+    BrokerLink (a Worker, "kafka")   probes the broker: every PROBE_INTERVAL_S while it answers
+                                     (a metadata request on the connection it keeps), with capped
+                                     exponential backoff (jitter) and a fresh bootstrap while not;
                                      starts the process's shared clients once it answers; ready
                                      only while it answers; logs once when the broker is lost, at
                                      most once per window meanwhile, once when it is back; exits
@@ -106,6 +107,7 @@ class BrokerLink:
         self._rng = rng or random.Random()
         self._clock = clock
         self._up = asyncio.Event()
+        self._probe: AIOKafkaClient | None = None  # kept while the broker answers
         self._answered = False  # the broker answered these settings before: a lost connection is no setting's fault
         self._wake = asyncio.Event()
         self._down_since: float | None = None
@@ -154,10 +156,26 @@ class BrokerLink:
                 handler.removeFilter(quiet)
 
     async def _try(self) -> str | None:
-        """One probe (a fresh bootstrap: connect, metadata), then the shared clients. None: it answers;
-        else why not, in one line (refused, TLS, SASL: ``kafka_security.explain``)."""
+        """One probe. None: the broker answers; else why not, in one line (refused, TLS, SASL:
+        ``kafka_security.explain``). While it answers, a metadata request on the connection kept from
+        the last bootstrap; after a failure, the next try bootstraps afresh."""
+        probe = self._probe
+        if probe is None:
+            return await self._connect()
+        with bootstrap_failures() as failures:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await probe.fetch_all_metadata()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._probe = None
+                await kafka.close(probe)
+                return self._why(exc, failures)
+        return None
+
+    async def _connect(self) -> str | None:
+        """A fresh bootstrap (connect, metadata), then the shared clients; the probe client is kept."""
         options = {**kafka.connection(self._settings), "request_timeout_ms": int(self._timeout * 1000)}
-        client = AIOKafkaClient(**options)  # options built per try: a rotated SASL password file is read again
+        client = AIOKafkaClient(**options)  # options built per bootstrap: a rotated SASL password file is read
         with bootstrap_failures() as failures:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -167,12 +185,15 @@ class BrokerLink:
                         await pending.start()
                     self._started.append(pending)
             except (KafkaError, OSError, TimeoutError) as exc:
-                if not failures:
-                    return describe(exc)
-                return explain(exc, failures, self._protocol, answered_before=self._answered)
-            finally:
-                await client.close()
+                await kafka.close(client)
+                return self._why(exc, failures)
+        self._probe = client
         return None
+
+    def _why(self, exc: BaseException, failures: list[BaseException]) -> str:
+        if not failures:
+            return describe(exc)
+        return explain(exc, failures, self._protocol, answered_before=self._answered)
 
     def _mark_up(self) -> None:
         if self._down_since is not None:
@@ -213,7 +234,8 @@ class BrokerLink:
     async def close(self) -> None:
         """Close the shared clients, started or not (after the workers that use them)."""
         clients, self._clients, self._started = self._clients, [], []
-        for client in reversed(clients):
+        probe, self._probe = self._probe, None
+        for client in [*reversed(clients), *([probe] if probe else [])]:
             await kafka.close(client)
 
 
