@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install tools run test test-fast faults soak lint kafka kafka-stop schemas config-table openapi bench clean chart-files image
+.PHONY: install tools run test test-fast faults soak lint kafka kafka-stop schemas config-table openapi bench bench-scaling clean chart-files image
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ config-table: install
 
 bench: install tools
 	$(PY) -m bench
+
+# One knob at a time from a base point: fan-out, body size, webhooks, delivery processes, latency at
+# 25/50/75% of the base rate (bench/results/scaling-<date>.*; about 10 minutes).
+bench-scaling: install tools
+	$(PY) -m bench.scaling
 
 # 30 minutes at half the sustained rate, 1% of webhooks failing, its own broker SIGKILLed and started
 # again in the middle: RSS, fds, asyncio tasks and consumer lag every 10 s (bench/results/soak-<date>.*).

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bench.fixtures import running_store
 from bench.limits import cpu_seconds, machine_busy_seconds, peak_rss_mb
@@ -96,13 +97,18 @@ class Workload:
     def accounts(self) -> list[str]:
         return list(self.by_account)
 
-    def events(self, n: int, *, seed: int, start: int = 0) -> list[OutgoingEvent]:
+    def events(self, n: int, *, seed: int, start: int = 0, body_bytes: int | None = None) -> list[OutgoingEvent]:
+        """``n`` events of the realistic mix; with ``body_bytes``, all ``message_created`` whose
+        ``content`` is padded so each body is that size (for the body-size curve)."""
         rng = random.Random(seed)
         accounts = self.accounts
-        kinds = rng.choices(list(EVENT_MIX), weights=list(EVENT_MIX.values()), k=n)
-        return [prepare(example(kind, account_id=int(accounts[(start + i) % len(accounts)]),
-                                conversation_id=rng.randint(1, CONVERSATIONS)), source=SOURCE)
-                for i, kind in enumerate(kinds)]
+        kinds = (["message_created"] * n if body_bytes else
+                 rng.choices(list(EVENT_MIX), weights=list(EVENT_MIX.values()), k=n))
+        payloads = [example(kind, account_id=int(accounts[(start + i) % len(accounts)]),
+                            conversation_id=rng.randint(1, CONVERSATIONS)) for i, kind in enumerate(kinds)]
+        if body_bytes:
+            payloads = [padded(payload, body_bytes) for payload in payloads]
+        return [prepare(payload, source=SOURCE) for payload in payloads]
 
     def deliveries(self, event: OutgoingEvent) -> list[tuple[str, Hook]]:
         return [(delivery_id(event.event_id, hook.id), hook) for hook in self.by_account[event.account_id]]
@@ -113,6 +119,14 @@ class Workload:
 
     def held_ids(self, events: Sequence[OutgoingEvent]) -> set[str]:
         return {d for e in events for d, hook in self.deliveries(e) if hook.hanging}
+
+
+def padded(payload: dict[str, Any], size: int) -> dict[str, Any]:
+    """``payload`` with its ``content`` grown so the JSON body is ``size`` bytes (at least its own size)."""
+    short = size - len(orjson.dumps(payload))
+    if short > 0:
+        payload = {**payload, "content": str(payload.get("content") or "") + "x" * short}
+    return payload
 
 
 def webhook_record(hook: Hook, url: str) -> Webhook:
@@ -158,6 +172,7 @@ class RunConfig:
     delivery_procs: int = 1
     timeout_s: float = 5.0
     seed: int = 7
+    body_bytes: int | None = None  # every event a message_created of this many bytes (None: the realistic mix)
     profile_dir: Path | None = None  # py-spy the router and delivery processes while they drain
     env: dict[str, str] = field(default_factory=dict)  # extra AKECE_* for the pipeline processes
 
@@ -545,7 +560,7 @@ class ScenarioRun:
         self.start_receivers()
         try:
             await self.create_webhooks()
-            events = self.workload.events(config.events, seed=config.seed)
+            events = self.workload.events(config.events, seed=config.seed, body_bytes=config.body_bytes)
             expected = self.workload.healthy_ids(events)
             held = self.workload.held_ids(events)
             say(f"[{scenario.name}] publishing {len(events):,} events ({len(expected) + len(held):,} deliveries)")
@@ -638,7 +653,7 @@ class ScenarioRun:
         target = self.config.paced_rate or rate / 2
         event_rate = target / deliveries_per_event
         count = max(10, int(event_rate * config.paced_s))
-        events = self.workload.events(count, seed=config.seed + 1, start=1)
+        events = self.workload.events(count, seed=config.seed + 1, start=1, body_bytes=config.body_bytes)
         expected = self.workload.healthy_ids(events)
         say(f"[{self.scenario.name}] paced: {count:,} events at {event_rate:,.0f}/s for {config.paced_s:.0f} s")
         deliveries_topic = Topics.from_settings(self.settings).deliveries
