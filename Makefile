@@ -28,7 +28,7 @@ run: install
 test: install tools
 	$(BIN)/python -m pytest -q -ra
 
-# The long fault campaign (README "Reliability"): 20,000-delivery failover on a 3-node cluster and
+# The long fault campaign (docs/reliability.md): 20,000-delivery failover on a 3-node cluster and
 # long network faults. `make test` runs the CI-sized versions; these are marked `faults`.
 faults: install tools
 	$(BIN)/python -m pytest -q -ra -s -m faults tests/test_failover.py tests/test_network_faults.py

@@ -3,8 +3,8 @@
 The load is written to the deliveries topic as the router writes it (attempt 1, one delivery id
 per record), spread over several webhooks of one receiver that answers 200. What the receiver saw
 is then tallied against what was produced: expected / delivered / lost / duplicated, plus the
-dead-letter topic's record count. Each test prints its row (``FAULT-ROW | ...``), the README's
-Reliability table is made of them.
+dead-letter topic's record count. Each test prints its row (``FAULT-ROW | ...``), the
+Reliability table of docs/reliability.md is made of them.
 """
 
 from __future__ import annotations
