@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the tests and benchmarks need, when missing:
 # - Debian packages: promtool and prometheus (alert rule tests, the real-Prometheus test), nginx (the
-#   fast benchmark receiver), kcat, chromium (the web console's browser tests drive it through
+#   fast benchmark receiver), kcat, jq (the README's tested shell snippets), chromium (the web console's browser tests drive it through
 #   Playwright; no browser download), Node.js and npm (the Node.js examples and the AsyncAPI parser),
 #   podman + runc + debootstrap (the container image and compose tests). Go is not installed here
 #   (Debian's is older than the Go examples need): without it, their tests and the Helm chart's are
@@ -16,6 +16,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v kcat >/dev/null || missing+=(kcat)
+command -v jq >/dev/null || missing+=(jq)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
