@@ -118,3 +118,18 @@ class Metrics:
         self.api_latency = Histogram(
             f"{p}_api_request_duration_seconds", "Management API request duration.", ["method"],
             buckets=LATENCY_BUCKETS, registry=registry)
+
+
+class ProcessMetrics:
+    """The metrics of a parent of N role processes (``--processes N``); the children's own series are
+    served beside them with a ``process`` label (``services.shared.process_health``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        p = PREFIX
+        self.processes = Gauge(
+            f"{p}_processes", "Child processes of this role's parent that are running, by role.", ["role"],
+            registry=registry)
+        self.process_restarts = Counter(
+            f"{p}_process_restarts", "Child processes restarted after an unexpected exit, by role.", ["role"],
+            registry=registry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -76,7 +77,8 @@ class Supervisor:
     """Runs workers until a signal (or ``stop``) and drains them within ``shutdown_deadline``."""
 
     def __init__(self, workers: Sequence[Worker], *, metrics: Metrics, metrics_host: str, metrics_port: int,
-                 shutdown_deadline: float, stop: asyncio.Event | None = None) -> None:
+                 shutdown_deadline: float, stop: asyncio.Event | None = None,
+                 listener: socket.socket | None = None) -> None:
         self.states = [WorkerState(w) for w in workers]
         self.metrics = metrics
         self.metrics_host = metrics_host
@@ -85,6 +87,7 @@ class Supervisor:
         self.stop = stop or asyncio.Event()
         self._signals = 0
         self.bound_port: int | None = None
+        self.listener = listener  # a socket already bound (by a parent process) instead of host:port
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -104,7 +107,8 @@ class Supervisor:
         health_routes(app, self.states, self.metrics.registry, self.metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.metrics_host, self.metrics_port, reuse_address=True)
+        site: web.BaseSite = (web.SockSite(runner, self.listener) if self.listener is not None else
+                              web.TCPSite(runner, self.metrics_host, self.metrics_port, reuse_address=True))
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

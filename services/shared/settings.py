@@ -227,6 +227,11 @@ class DeliverySettings(BaseModel):
     auto_disable_after_s: int = Field(
         5 * 24 * 3600, ge=60, description="A webhook failing without a success this long is disabled."
     )
+    processes: int | None = Field(
+        None, ge=1, description="Processes of `akece-webhooks deliver`, one consumer-group member each (the "
+        "`--processes` flag wins). Unset: the CPUs this process may use (affinity and cgroup CPU quota). 1: one "
+        "process, no parent (one per container is usual; scale by replicas).",
+    )
 
 
 class CircuitSettings(BaseModel):
@@ -245,6 +250,10 @@ class RouterSettings(BaseModel):
         "must accept it plus 40 KiB of headers (`max.message.bytes`); router and workers check at start."
     )
     batch_size: int = Field(2000, ge=1, description="Most records fetched per routing batch.")
+    processes: int | None = Field(
+        None, ge=1, description="Processes of `akece-webhooks router`, one consumer-group member each (the "
+        "`--processes` flag wins). Unset: the CPUs this process may use. 1: one process, no parent.",
+    )
 
 
 class MetricsSettings(BaseModel):
