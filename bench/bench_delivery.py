@@ -152,7 +152,7 @@ def serve_deliver_without_metrics() -> int:
 
     for name in ("Counter", "Gauge", "Histogram", "Info"):
         setattr(metrics, name, NullMetric)
-    return cli.main(["deliver", "--until-idle"])
+    return cli.main(["deliver", "--until-idle", "--processes", "1"])
 
 
 async def run_worker(settings: Settings, deliveries: int, work: Path, *, metrics: bool = True,
@@ -167,7 +167,7 @@ async def run_worker(settings: Settings, deliveries: int, work: Path, *, metrics
                 "AKECE_METRICS_HOST": "127.0.0.1", "AKECE_METRICS_PORT": str(metrics_port),
                 "AKECE_LOG_FORMAT": "json", "AKECE_LOG_LEVEL": "info"})
     log_path = work / f"worker-{settings.topic_prefix}.log"
-    command = ["-m", "services", "deliver", "--until-idle"] if metrics else [
+    command = ["-m", "services", "deliver", "--until-idle", "--processes", "1"] if metrics else [
         "-m", "bench.bench_delivery", SERVE_WITHOUT_METRICS]
     with log_path.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(sys.executable, *command,

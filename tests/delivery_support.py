@@ -184,6 +184,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AKECE_KAFKA_REBALANCE_TIMEOUT_MS": str(settings.kafka.rebalance_timeout_ms),
         "AKECE_METRICS_HOST": "127.0.0.1",
         "AKECE_METRICS_PORT": "0",
+        "AKECE_DELIVERY_PROCESSES": "1",  # one process, as before the CPU-count default
         "AKECE_LOG_LEVEL": "warning",
         "AKECE_LOG_FORMAT": "json",
     })

@@ -87,6 +87,8 @@ def environment(bootstrap: str, prefix: str, **extra: str) -> list[str]:
         "AKECE_API_ADMIN_TOKEN": TOKEN,
         "AKECE_METRICS_HOST": "127.0.0.1",
         "AKECE_API_HOST": "127.0.0.1",
+        "AKECE_DELIVERY_PROCESSES": "1",  # one process per container, as the chart runs them
+        "AKECE_ROUTER_PROCESSES": "1",
         **extra,
     }
     return [arg for key, value in values.items() for arg in ("--env", f"{key}={value}")]

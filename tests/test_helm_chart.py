@@ -148,6 +148,8 @@ def test_one_deployment_per_role_with_probes_resources_and_a_pdb(name: str) -> N
         assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["securityContext"]["runAsNonRoot"] is True
+        if role != "api":  # one process per pod (not one per node core); scaled by replicas
+            assert env_of(container)[f"AKECE_{role.upper()}_PROCESSES"] == "1"
     delivery = deployments["akece-webhooks-delivery"]["spec"]["template"]["spec"]
     grace = int(env_of(delivery["containers"][0])["AKECE_DELIVERY_SHUTDOWN_GRACE_S"])
     assert delivery["terminationGracePeriodSeconds"] > grace  # the drain finishes before the kubelet kills

@@ -167,6 +167,8 @@ def env_for(settings: Settings, bootstrap: str, metrics_port: int, api_port: int
         "AKECE_DELIVERY_SHUTDOWN_GRACE_S": str(GRACE_S),
         "AKECE_METRICS_HOST": "127.0.0.1",
         "AKECE_METRICS_PORT": str(metrics_port),
+        "AKECE_DELIVERY_PROCESSES": "1",
+        "AKECE_ROUTER_PROCESSES": "1",
         "AKECE_API_HOST": "127.0.0.1",
         "AKECE_API_PORT": str(api_port),
         "AKECE_API_ADMIN_TOKEN": ADMIN_TOKEN,

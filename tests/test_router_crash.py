@@ -66,6 +66,7 @@ class RouterProcess:
             "AKECE_ROUTER_BATCH_SIZE": str(self._settings.router.batch_size),
             "AKECE_METRICS_HOST": "127.0.0.1",
             "AKECE_METRICS_PORT": "0",
+            "AKECE_ROUTER_PROCESSES": "1",
             "AKECE_LOG_FORMAT": "json",
         }
         self.proc = await asyncio.create_subprocess_exec(
