@@ -144,6 +144,7 @@ def test_bad_process_counts_are_refused_in_one_line(args: list[str], line: str) 
     assert done.stderr.strip().splitlines()[-1].endswith(line)
 
 
+@pytest.mark.slow
 async def test_children_drain_and_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     """Kafka unreachable: the children run (healthy, not ready); the parent SIGKILLed, they stop by themselves."""
     env = worker_env(make_settings("127.0.0.1:1"), AKECE_DELIVERY_SHUTDOWN_GRACE_S="2")
@@ -160,6 +161,7 @@ async def test_children_drain_and_exit_when_the_parent_is_killed(tmp_path: Path)
 
 # --- against the broker ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_deliver_processes_split_the_group_survive_a_killed_child_and_stop_on_sigterm(
         kafka_bootstrap: str, receiver: Receiver, tmp_path: Path) -> None:
     settings = make_settings(kafka_bootstrap, kafka={"partitions": 4})
@@ -208,6 +210,7 @@ async def test_deliver_processes_split_the_group_survive_a_killed_child_and_stop
           f"{duplicates} sent again")
 
 
+@pytest.mark.slow
 async def test_router_processes_split_the_group_route_everything_and_stop_on_sigterm(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     settings = make_settings(kafka_bootstrap, kafka={"partitions": 4})

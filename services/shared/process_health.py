@@ -19,6 +19,7 @@ down as a file descriptor, so no port is guessed and a restart reuses it). The p
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -75,12 +76,19 @@ class ProcessHealth:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, f"no answer: {type(exc).__name__}"
 
+    async def _answers(self, path: str) -> dict[int, tuple[int, str]]:
+        """The running children's answers to ``path``, asked all at once."""
+        running = [child for child in self.group.children if child.running]
+        answers = await asyncio.gather(*(self._get(child, path) for child in running))
+        return {child.index: answer for child, answer in zip(running, answers, strict=True)}
+
     async def _states(self, path: str) -> tuple[bool, dict[str, Any]]:
         ok, report = True, {}
+        answers = await self._answers(path)
         for child in self.group.children:
             entry: dict[str, Any] = {"pid": child.pid}
-            if child.running:
-                status, body = await self._get(child, path)
+            if child.index in answers:
+                status, body = answers[child.index]
                 try:
                     entry.update(json.loads(body) if status else {"status": body})
                 except ValueError:
@@ -106,12 +114,8 @@ class ProcessHealth:
                                  status=200 if ok else 503)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        pages = {}
-        for child in self.group.children:
-            if child.running:
-                status, body = await self._get(child, "/metrics")
-                if status == 200:
-                    pages[str(child.index)] = body
+        pages = {str(index): body for index, (status, body) in (await self._answers("/metrics")).items()
+                 if status == 200}
         children = CollectorRegistry(auto_describe=False)
         children.register(_Families(merge_expositions(pages)))
         exposition = generate_latest(self.registry) + generate_latest(children)
