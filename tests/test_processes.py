@@ -146,12 +146,14 @@ def test_bad_process_counts_are_refused_in_one_line(args: list[str], line: str) 
 
 @pytest.mark.slow
 async def test_children_drain_and_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
-    """Kafka unreachable: the children run (healthy, not ready); the parent SIGKILLed, they stop by themselves."""
-    env = worker_env(make_settings("127.0.0.1:1"), AKECE_DELIVERY_SHUTDOWN_GRACE_S="2")
-    async with parent(["deliver", "--processes", "2"], env, tmp_path / "parent.log") as proc:
+    """Kafka unreachable: the children run (healthy, not ready); the parent SIGKILLed, they stop by themselves.
+    The count comes from the setting here (the other tests give the flag)."""
+    env = worker_env(make_settings("127.0.0.1:1"), AKECE_DELIVERY_SHUTDOWN_GRACE_S="2", AKECE_DELIVERY_PROCESSES="2")
+    async with parent(["deliver"], env, tmp_path / "parent.log") as proc:
         body = await proc.until("/healthz", lambda status, body: status == 200 and all(
             entry["pid"] and "workers" in entry for entry in body["processes"].values()), timeout=40)
         pids = [entry["pid"] for entry in body["processes"].values()]
+        assert len(pids) == 2
         status, ready = await proc.get("/readyz")
         assert status == 503 and ready["status"] == "not_ready", ready
         proc.process.kill()
