@@ -192,9 +192,10 @@ class _HeaderTemplate:
     """``first_attempt_headers`` of one event, built once: per webhook only two values differ.
 
     Half the cost of calling it per delivery; ``test_router_core`` checks both give the same list.
+    Where the two values sit is looked up only when a second webhook needs them (fan-out 1 never does).
     """
 
-    __slots__ = ("_delivery_at", "_event_id", "_first", "_template", "_webhook_at")
+    __slots__ = ("_at", "_event_id", "_first", "_template")
 
     def __init__(self, event_id: str, event_type: str, account: str, first_webhook: int, event_time: str | None,
                  routed_time: str) -> None:
@@ -203,16 +204,18 @@ class _HeaderTemplate:
         self._template = first_attempt_headers(event_id=event_id, event_type=event_type, account_id=account,
                                                webhook_id=first_webhook, event_time=event_time,
                                                routed_time=routed_time)
-        names = [name for name, _ in self._template]
-        self._delivery_at = names.index(h.DELIVERY_ID)
-        self._webhook_at = names.index(h.WEBHOOK_ID)
+        self._at: tuple[int, int] | None = None
 
     def for_webhook(self, webhook_id: int) -> h.Headers:
         if webhook_id == self._first:
             return self._template
+        if self._at is None:
+            names = [name for name, _ in self._template]
+            self._at = names.index(h.DELIVERY_ID), names.index(h.WEBHOOK_ID)
+        delivery_at, webhook_at = self._at
         headers = self._template.copy()
-        headers[self._delivery_at] = (h.DELIVERY_ID, delivery_id(self._event_id, webhook_id).encode())
-        headers[self._webhook_at] = (h.WEBHOOK_ID, str(webhook_id).encode())
+        headers[delivery_at] = (h.DELIVERY_ID, delivery_id(self._event_id, webhook_id).encode())
+        headers[webhook_at] = (h.WEBHOOK_ID, str(webhook_id).encode())
         return headers
 
 

@@ -254,6 +254,11 @@ class RouterSettings(BaseModel):
         None, ge=1, description="Processes of `akece-webhooks router`, one consumer-group member each (the "
         "`--processes` flag wins). Unset: the CPUs this process may use. 1: one process, no parent.",
     )
+    batches_in_flight: int = Field(
+        2, ge=1, description="Routing batches produced whose acknowledgements may still be outstanding while the "
+        "router fetches and produces the next (1: wait for each batch's acknowledgements first). Offsets are "
+        "committed in batch order, each only after its own acknowledgements."
+    )
 
 
 class MetricsSettings(BaseModel):
