@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.cli import global_argv, load_settings
 from services.shared.exits import Exit
 from services.shared.metrics import Metrics, ProcessMetrics
 from services.shared.outage import BrokerLink, RidesOut
@@ -165,14 +166,16 @@ async def run_roles(settings: Settings, roles: Sequence[str], *, options: RoleOp
 
 # --- commands ----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    run = sub.add_parser("run", help="run pipeline roles under one supervisor")
+    run = sub.add_parser("run", help="run pipeline roles under one supervisor", epilog=(
+        "examples:\n  akece-webhooks run\n  akece-webhooks --env-file prod.env run --role router --role delivery"))
     run.add_argument("--role", action="append", choices=[*ROLES, "all"],
                      help="role(s) to run; repeat for several (default: all)")
     run.set_defaults(func=run_command)
 
 
 def register_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    api = sub.add_parser("api", help="run the webhook management API (with its subscription table)")
+    api = sub.add_parser("api", help="run the webhook management API (with its subscription table)",
+                         epilog="example:\n  AKECE_API_ADMIN_TOKEN=... akece-webhooks api")
     api.set_defaults(func=api_command)
 
 
@@ -190,7 +193,8 @@ def add_process_options(parser: argparse.ArgumentParser, env: str) -> None:
 
 
 def register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    router = sub.add_parser("router", help="route events to one delivery record per matching webhook")
+    router = sub.add_parser("router", help="route events to one delivery record per matching webhook",
+                            epilog="example:\n  akece-webhooks --bootstrap-server kafka:9092 router")
     router.add_argument("--group-id", default=None, help="consumer group (default: <topic prefix>.router)")
     router.add_argument("--until-idle", action="store_true",
                         help="exit 0 once every assigned partition is routed to its end (tests, benchmarks)")
@@ -201,7 +205,8 @@ def register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def register_deliver(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    deliver = sub.add_parser("deliver", help="deliver webhooks: deliveries topic and retry tiers")
+    deliver = sub.add_parser("deliver", help="deliver webhooks: deliveries topic and retry tiers",
+                             epilog="example:\n  akece-webhooks deliver --group-id akece.delivery")
     deliver.add_argument("--group-id", default=None, help="consumer group (default <prefix>.delivery)")
     deliver.add_argument("--until-idle", action="store_true",
                          help="exit once every partition is read and nothing is in flight or scheduled")
@@ -215,28 +220,28 @@ def shutdown_deadline(settings: Settings) -> float:
 
 def run_command(args: argparse.Namespace) -> int:
     roles = ROLES if not args.role or "all" in args.role else tuple(args.role)
-    settings = Settings()
+    settings = load_settings(args)
     logs.configure(settings)
     logs.get("run").info("run.starting", roles=list(roles), metrics_port=settings.metrics.port,
                          api_port=settings.api.port if "api" in roles else None)
     return run_async(run_roles(settings, roles))
 
 
-def api_command(_: argparse.Namespace) -> int:
-    settings = Settings()
+def api_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
     logs.configure(settings)
     return run_async(run_roles(settings, ("api",)))
 
 
 def router_command(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings(args)
     logs.configure(settings)
     options = RoleOptions(group_id=args.group_id, until_idle=args.until_idle, max_records=args.max_records)
     return run_role(settings, "router", args, options, settings.router.processes)
 
 
 def deliver_command(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings(args)
     logs.configure(settings)
     return run_role(settings, "delivery", args, RoleOptions(args.group_id, args.until_idle),
                     settings.delivery.processes)
@@ -261,7 +266,7 @@ def run_role(settings: Settings, role: str, args: argparse.Namespace, options: R
 
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The command a parent's children run: the parent's own, with ``--processes 1``."""
-    argv = [sys.executable, "-m", "services", args.command, "--processes", "1"]
+    argv = [sys.executable, "-m", "services", args.command, "--processes", "1", *global_argv(args)]
     if args.group_id is not None:
         argv += ["--group-id", args.group_id]
     if args.until_idle:

@@ -30,6 +30,7 @@ from services.ops.dlq import find_dead_letters, list_dead_letters
 from services.replay.window import Window, parse_time
 from services.shared import kafka
 from services.shared.errors import ValidationError
+from services.shared.output import plain_text
 from services.shared.settings import Settings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -216,7 +217,7 @@ async def test_status_screen(settings: Settings, topics: Topics) -> None:
     assert report.dlq.hour == {"exhausted": 2, "webhook_disabled": 1}
     assert report.dlq.day == {"exhausted": 3, "webhook_disabled": 1}
     assert [(w["id"], w["reason"]) for w in report.disabled] == [(801, "HTTP 410 Gone")]
-    text = status.render(report)
+    text = plain_text(status.render(report))
     for heading in ("Consumer lag", "Retry tiers", "Dead letters", "Disabled webhooks (1)", "Open circuits"):
         assert heading in text
     assert re.search(r"\(due in \d+s\)", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.ops import status as status_mod
+from services.shared.output import plain_text
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.receiver import Behavior, Receiver
@@ -29,7 +30,7 @@ async def test_status_lists_the_webhooks_whose_circuit_is_open(kafka_bootstrap: 
         assert (circuit.webhook_id, circuit.account_id) == (dead.id, "7")
         assert circuit.skipped and circuit.last_error == "HTTP 500"
         assert circuit.failures >= 3 and circuit.failing_since is not None
-        screen = status_mod.render(report)
+        screen = plain_text(status_mod.render(report))
         assert "Open circuits (1, from the attempt log of the last 15 min)" in screen
         assert str(dead.id) in screen and str(healthy.id) not in screen.split("Open circuits")[1]
         [listed] = status_mod.to_json(report)["open_circuits"]

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
+from rich.console import RenderableType
+from rich.table import Table
 
 from services.admin import webhook_tools
 from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import Invalid
-from services.shared import kafka
-from services.shared import logging as logs
-from services.shared.cli import quiet_client_logs
+from services.shared import kafka, output
+from services.shared.cli import one_shot
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
@@ -32,30 +32,41 @@ READY_TIMEOUT_S = 60.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    hooks = sub.add_parser("webhooks", help="manage webhooks directly in Kafka (no API needed)")
+    hooks = sub.add_parser("webhooks", help="manage webhooks directly in Kafka (no API needed)",
+                           epilog="example:\n  akece-webhooks webhooks list --account 7")
     actions = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="list webhooks")
-    listing.add_argument("--account", type=int, help="only this account")
-    create = actions.add_parser("create", help="create a webhook (prints its secret once)")
-    create.add_argument("--account", type=int, required=True)
-    create.add_argument("--url", required=True)
-    update = actions.add_parser("update", help="change a webhook")
-    update.add_argument("id", type=int)
-    update.add_argument("--url")
+    listing = actions.add_parser("list", help="list webhooks", epilog=(
+        "examples:\n  akece-webhooks webhooks list\n  akece-webhooks webhooks list --account 7 --json"))
+    listing.add_argument("--account", type=int, help="only this account's webhooks")
+    create = actions.add_parser("create", help="create a webhook (prints its secret once)", epilog=(
+        "example:\n  akece-webhooks webhooks create --account 7 --url https://crm.example.com/hooks/akece "
+        "--subscriptions message_created,conversation_status_changed"))
+    create.add_argument("--account", type=int, required=True, help="the account the webhook belongs to")
+    create.add_argument("--url", required=True, help="where deliveries are POSTed (http or https)")
+    update = actions.add_parser("update", help="change a webhook", epilog=(
+        "examples:\n  akece-webhooks webhooks update 42 --url https://crm.example.com/v2/hooks\n"
+        "  akece-webhooks webhooks update 42 --disable --reason maintenance"))
+    update.add_argument("id", type=int, help="the webhook id")
+    update.add_argument("--url", help="the new URL")
     for action in (create, update):
-        action.add_argument("--name")
+        action.add_argument("--name", help="a label for people")
         action.add_argument("--subscriptions", help="comma-separated events (create: the eight defaults)")
     state = update.add_mutually_exclusive_group()
-    state.add_argument("--enable", dest="enabled", action="store_true", default=None)
-    state.add_argument("--disable", dest="enabled", action="store_false")
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None,
+                       help="deliver to it again (clears disabled_reason)")
+    state.add_argument("--disable", dest="enabled", action="store_false",
+                       help="stop delivering (its deliveries are dead-lettered as webhook_disabled)")
     update.add_argument("--reason", help="disabled_reason with --disable (default disabled_by_api)")
-    delete = actions.add_parser("delete", help="delete a webhook")
-    delete.add_argument("id", type=int)
-    rotate = actions.add_parser("rotate-secret", help="new signing secret; the old one signs for the overlap")
-    rotate.add_argument("id", type=int)
-    rotate.add_argument("--overlap-s", type=float, help="default: AKECE_API_SECRET_OVERLAP_S")
+    delete = actions.add_parser("delete", help="delete a webhook",
+                                epilog="example:\n  akece-webhooks webhooks delete 42")
+    delete.add_argument("id", type=int, help="the webhook id")
+    rotate = actions.add_parser("rotate-secret", help="new signing secret; the old one signs for the overlap",
+                                epilog="example:\n  akece-webhooks webhooks rotate-secret 42 --overlap-s 3600")
+    rotate.add_argument("id", type=int, help="the webhook id")
+    rotate.add_argument("--overlap-s", type=float,
+                        help="seconds the old secret keeps signing too (default: AKECE_API_SECRET_OVERLAP_S)")
     for action in (listing, create, update, delete, rotate):
-        action.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        output.add_json_option(action)
         action.set_defaults(func=webhooks_command)
     webhook_tools.register(actions)
 
@@ -73,10 +84,7 @@ async def opened(settings: Settings) -> AsyncIterator[WebhookService]:
 
 
 def webhooks_command(args: argparse.Namespace) -> int:
-    settings = Settings()
-    logs.configure(settings, level="warning")
-    quiet_client_logs()  # a Kafka failure is the command's one line, not aiokafka's too
-    return asyncio.run(_webhooks(settings, args))
+    return asyncio.run(_webhooks(one_shot(args), args))
 
 
 async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
@@ -131,28 +139,29 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print(result: list[Webhook] | Webhook | bool, now: float, *, reveal: bool, as_json: bool) -> None:
     if isinstance(result, bool):
-        print(orjson.dumps({"deleted": True}).decode() if as_json else "deleted")
+        data: Any = {"deleted": True}
+        shown: RenderableType = "deleted"
     elif isinstance(result, Webhook):
-        view = webhook_view(result, now, reveal=reveal)
-        print(orjson.dumps(view).decode() if as_json else format_table([view], with_secret=reveal))
+        data = webhook_view(result, now, reveal=reveal)
+        shown = webhooks_table([data], with_secret=reveal)
     else:
-        views = [webhook_view(w, now) for w in result]
-        print(orjson.dumps(views).decode() if as_json else format_table(views))
+        data = [webhook_view(w, now) for w in result]
+        shown = webhooks_table(data)
+    if as_json:
+        output.emit_json(data)
+    else:
+        output.emit(shown)
 
 
-def format_table(hooks: Sequence[dict[str, Any]], *, with_secret: bool = False) -> str:
+def webhooks_table(hooks: Sequence[dict[str, Any]], *, with_secret: bool = False) -> Table:
     columns = ["id", "account_id", "enabled", "name", "url", "subscriptions", *(["secret"] if with_secret else [])]
-    rows = [[_cell(h, c) for c in columns] for h in hooks]
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-             for row in [columns, *rows]]
-    return "\n".join(lines)
+    return output.table(columns, [[_cell(h, c) for c in columns] for h in hooks], max_cell=None)
 
 
-def _cell(hook: dict[str, Any], column: str) -> str:
+def _cell(hook: dict[str, Any], column: str) -> object:
     value = hook.get(column)
     if column == "subscriptions":
         return ",".join(value or [])
-    if column == "enabled" and not value:
-        return f"no ({hook.get('disabled_reason')})"
-    return "" if value is None else "yes" if value is True else str(value)
+    if column == "enabled":
+        return output.styled("yes", "green") if value else output.styled(f"no ({hook.get('disabled_reason')})", "red")
+    return value

@@ -15,14 +15,13 @@ import sys
 import time
 from typing import Any
 
-import orjson
+from rich.table import Table
 
 from services.admin.service import webhook_view
 from services.delivery.http import HttpSender
 from services.delivery.ping import PingResult, send_test
-from services.shared import kafka
-from services.shared import logging as logs
-from services.shared.cli import quiet_client_logs
+from services.shared import kafka, output
+from services.shared.cli import one_shot
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
@@ -33,25 +32,23 @@ READY_TIMEOUT_S = 60.0
 
 def register(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``get`` and ``test`` to the ``webhooks`` subcommands."""
-    get = actions.add_parser("get", help="show one webhook (secret masked)",
-                             description="Show one webhook. Example: akece-webhooks webhooks get 42")
+    get = actions.add_parser("get", help="show one webhook (secret masked)", description="Show one webhook.",
+                             epilog="examples:\n  akece-webhooks webhooks get 42\n"
+                                    "  akece-webhooks webhooks get 42 --json")
     get.add_argument("id", type=int, help="the webhook id")
     test = actions.add_parser(
         "test", help="send a signed test delivery (event 'ping') and print status, latency and response",
         description="POST a signed 'ping' to the webhook now (not retried; a disabled webhook too) and record "
-                    "it in the attempt log as a test. Example: akece-webhooks webhooks test 42")
+                    "it in the attempt log as a test.",
+        epilog="example:\n  akece-webhooks webhooks test 42")
     test.add_argument("id", type=int, help="the webhook id")
     for action in (get, test):
-        action.add_argument("--json", action="store_true", help="print JSON instead of text")
+        output.add_json_option(action, "text")
         action.set_defaults(func=tools_command)
 
 
 def tools_command(args: argparse.Namespace) -> int:
-    settings = Settings()
-    logs.configure(settings, level="warning")
-    quiet_client_logs()
-    return asyncio.run(_run(settings, args))
-
+    return asyncio.run(_run(one_shot(args), args))
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -62,27 +59,25 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             return Exit.NOT_FOUND
         if args.webhooks_command == "get":
             view = webhook_view(webhook, time.time())
-            print(orjson.dumps(view).decode() if args.json else format_view(view))
+            output.emit_json(view) if args.json else output.emit(format_view(view))
             return 0
         async with HttpSender(settings.http, NetworkGuard(settings.allowed_private_cidrs)) as sender, \
                 kafka.started(kafka.producer(settings)) as producer:
             sent = await send_test(settings, webhook, sender, producer)
-    print(orjson.dumps(test_view(sent, args.id)).decode() if args.json else format_test(sent, args.id))
+    output.emit_json(test_view(sent, args.id)) if args.json else output.emit(*format_test(sent, args.id))
     return Exit.OK if sent.result.ok else Exit.FAILED
 
 
-def format_view(view: dict[str, Any]) -> str:
-    width = max(len(k) for k in view)
-    lines = []
-    for key, value in view.items():
-        if isinstance(value, list):
-            shown = ",".join(map(str, value))
-        elif isinstance(value, bool):
-            shown = "yes" if value else "no"
-        else:
-            shown = "" if value is None else str(value)
-        lines.append(f"{key.ljust(width)}  {shown}")
-    return "\n".join(lines)
+def format_view(view: dict[str, Any]) -> Table:
+    return output.pairs([(key, _shown(value)) for key, value in view.items()])
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return output.styled("yes", "green") if value else output.styled("no", "red")
+    return "" if value is None else value
 
 
 def test_view(sent: PingResult, webhook_id: int) -> dict[str, Any]:
@@ -92,14 +87,14 @@ def test_view(sent: PingResult, webhook_id: int) -> dict[str, Any]:
             "latency_ms": sent.latency_ms, "response_excerpt": sent.excerpt}
 
 
-def format_test(sent: PingResult, webhook_id: int) -> str:
+def format_test(sent: PingResult, webhook_id: int) -> tuple[str, Table]:
     result = sent.result
     if result.status is not None:
-        outcome = f"HTTP {result.status}" + ("" if result.ok else " (not 2xx: a real delivery would be retried)")
+        outcome = output.styled(f"HTTP {result.status}" + (
+            "" if result.ok else " (not 2xx: a real delivery would be retried)"), "green" if result.ok else "red")
     else:
-        outcome = f"failed: {result.error_class}: {result.error_message}"
-    lines = [f"test delivery {sent.delivery_id} (event ping) to webhook {webhook_id}",
-             f"status    {outcome}", f"latency   {sent.latency_ms:g} ms"]
+        outcome = output.styled(f"failed: {result.error_class}: {result.error_message}", "red")
+    rows: list[tuple[str, object]] = [("status", outcome), ("latency", f"{sent.latency_ms:g} ms")]
     if result.status is not None:
-        lines.append(f"response  {sent.excerpt or '(empty)'}")
-    return "\n".join(lines)
+        rows.append(("response", sent.excerpt or "(empty)"))
+    return f"test delivery {sent.delivery_id} (event ping) to webhook {webhook_id}", output.pairs(rows)

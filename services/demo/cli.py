@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from dotenv import dotenv_values
 from prometheus_client import CollectorRegistry
 
 from schemas.examples import GUIDE_EXAMPLE, example
@@ -27,6 +28,7 @@ from services.publisher.publisher import Publisher
 from services.run import ROLES, run_roles
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.cli import check_env_file, load_settings
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
 
@@ -41,7 +43,9 @@ DEMO_DEFAULTS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    demo = sub.add_parser("demo", help="run the whole pipeline with a demo receiver and demo webhooks (make run)")
+    demo = sub.add_parser("demo", help="run the whole pipeline with a demo receiver and demo webhooks (make run)",
+                          epilog="examples:\n  akece-webhooks demo\n"
+                                 "  akece-webhooks --bootstrap-server 127.0.0.1:9092 demo --receiver-port 8091")
     demo.add_argument("--receiver-port", type=int, default=8090, help="port of the demo receiver")
     demo.add_argument("--keep-kafka", action="store_true", help="leave the local broker running on exit")
     demo.set_defaults(func=demo_command)
@@ -50,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 @contextmanager
 def local_broker(settings: Settings, keep: bool) -> Iterator[None]:
     """The local broker for the demo, unless an external cluster is configured."""
-    if os.environ.get("AKECE_KAFKA_BOOTSTRAP_SERVERS"):
+    if "bootstrap_servers" in settings.kafka.model_fields_set:  # the environment, --env-file or --bootstrap-server
         print(f"using Kafka at {settings.kafka.bootstrap_servers}")
         yield
         return
@@ -68,9 +72,12 @@ def local_broker(settings: Settings, keep: bool) -> Iterator[None]:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    check_env_file(args)
+    given = dotenv_values(args.env_file) if args.env_file else {}
     for key, value in DEMO_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    settings = Settings()
+        if key not in given:  # the defaults give way to the environment and to --env-file
+            os.environ.setdefault(key, value)
+    settings = load_settings(args)
     logs.configure(settings)
     with local_broker(settings, args.keep_kafka):
         return run_async(demo(settings, args.receiver_port))

@@ -15,9 +15,6 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import orjson
-import structlog
-
 from services.contract.attempts import AttemptRecord
 from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
@@ -31,9 +28,8 @@ from services.replay.progress import Progress
 from services.replay.recover import recover
 from services.replay.runs import Ledger
 from services.replay.window import Window, reader
-from services.shared import kafka
-from services.shared import logging as logs
-from services.shared.cli import quiet_client_logs
+from services.shared import kafka, output
+from services.shared.cli import one_shot
 from services.shared.errors import ValidationError
 from services.shared.exits import Exit
 from services.shared.runtime import run_async
@@ -45,37 +41,45 @@ DEFAULT_SINCE = "24h"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay")
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay",
+                         epilog="example:\n  akece-webhooks dlq list --since 2h")
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
-    listing = actions.add_parser("list", help="list dead letters of a time window")
+    listing = actions.add_parser("list", help="list dead letters of a time window", epilog=(
+        "examples:\n  akece-webhooks dlq list --since 2h --reason exhausted\n"
+        "  akece-webhooks dlq list --webhook 42 --limit 0 --json"))
     _filters(listing)
     listing.add_argument("--limit", type=int, default=100, help="newest N shown (0: all; default 100)")
-    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    output.add_json_option(listing, "a table (every matching dead letter, one object each)")
     listing.set_defaults(func=_sync(list_command))
 
-    show = actions.add_parser("show", help="one dead letter in full: body, headers, attempts, webhook state")
-    show.add_argument("delivery_id")
+    show = actions.add_parser("show", help="one dead letter in full: body, headers, attempts, webhook state",
+                              epilog="example:\n  akece-webhooks dlq show 3f2a9c4e-7d1b-5e8f-9a0b-1c2d3e4f5a6b")
+    show.add_argument("delivery_id", help="the delivery id (X-Chatwoot-Delivery / webhook-id of its attempts)")
     show.add_argument("--since", default="30d", help="how far back to look (default 30d)")
-    show.add_argument("--json", action="store_true")
+    output.add_json_option(show, "text and tables")
     show.set_defaults(func=_sync(show_command))
 
-    again = actions.add_parser("replay", help="re-enqueue matching dead letters (once)")
+    again = actions.add_parser("replay", help="re-enqueue matching dead letters (once)", epilog=(
+        "examples:\n  akece-webhooks dlq replay --webhook 42 --since 6h --dry-run\n"
+        "  akece-webhooks dlq replay --reason exhausted --since 1d --rate 200/s --yes"))
     _filters(again)
     _run_flags(again)
     again.set_defaults(func=_sync(replay_command))
 
-    rec = sub.add_parser("recover", help="re-fan-out one webhook's events from the events topic")
-    rec.add_argument("--webhook", type=int, required=True)
+    rec = sub.add_parser("recover", help="re-fan-out one webhook's events from the events topic", epilog=(
+        "example:\n  akece-webhooks recover --webhook 42 --since 2026-12-01T08:00:00Z --until 2026-12-01T10:00:00Z"))
+    rec.add_argument("--webhook", type=int, required=True, help="the webhook id whose events are sent again")
     rec.add_argument("--since", required=True, help="ISO-8601 or relative (2h, 30m, 7d)")
     rec.add_argument("--until", help="ISO-8601 or relative (default: now)")
     _run_flags(rec)
     rec.set_defaults(func=_sync(recover_command))
 
-    stat = sub.add_parser("status", help="one screen for the on-call: lag, retry tiers, DLQ, disabled webhooks")
-    stat.add_argument("--json", action="store_true")
+    stat = sub.add_parser("status", help="one screen for the on-call: lag, retry tiers, DLQ, disabled webhooks",
+                          epilog="examples:\n  akece-webhooks status\n  akece-webhooks status --json")
+    output.add_json_option(stat, "tables")
     stat.add_argument("--max-scan", type=int, default=status_mod.DEFAULT_MAX_SCAN,
-                      help="most DLQ records read to count reasons")
+                      help=f"most DLQ records read to count reasons (default {status_mod.DEFAULT_MAX_SCAN})")
     stat.set_defaults(func=_sync(status_command))
 
 
@@ -94,8 +98,10 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--enable", action="store_true", help="re-enable disabled webhooks first")
     parser.add_argument("--force", action="store_true", help="send again what an earlier run already re-enqueued")
-    parser.add_argument("--checkpoint-every", type=int, default=2000, help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", help="print the plan and summary as JSON")
+    parser.add_argument("--checkpoint-every", type=int, default=2000, metavar="N",
+                        help="record the run's progress every N records, where an interrupted run resumes "
+                             "(default 2000)")
+    output.add_json_option(parser, "the plan and summary as text (no progress bar)")
 
 
 def parse_rate(text: str) -> float:
@@ -112,16 +118,8 @@ def parse_rate(text: str) -> float:
 def _sync(handler: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]],
           ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        settings = Settings()
-        logs.configure(settings, level="warning")
-        quiet_client_logs()  # a Kafka failure is the command's one line, not aiokafka's too
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-        return run_async(handler(args, settings))
+        return run_async(handler(args, one_shot(args)))
     return run
-
-
-def _dump(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 def _filter_of(args: argparse.Namespace) -> DlqFilter:
@@ -136,14 +134,14 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     listing = await list_dead_letters(settings, _filter_of(args), Window.parse(args.since, args.until),
                                       limit=args.limit)
     if args.json:
-        _dump([d.to_json() for d in listing.items])
+        output.emit_json([d.to_json() for d in listing.items])
         return 0
-    print(render.dead_letter_table(listing.items))
     shown = len(listing.items)
     more = f", newest {shown} shown (--limit)" if shown < listing.matched else ""
     twice = (f" ({listing.superseded} earlier dead letters of the same deliveries not shown)"
              if listing.superseded else "")
-    print(f"{listing.matched} matching dead letters{more}{twice}; {listing.stats.records} records read")
+    output.emit(render.dead_letter_table(listing.items),
+                f"{listing.matched} matching dead letters{more}{twice}; {listing.stats.records} records read")
     return 0
 
 
@@ -167,14 +165,14 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
     replays = [r.id for r in book.of_kind("replay") if r.covers(dead.partition, dead.offset)
                and DlqFilter.from_json(r.filters).matches(dead) and dead.webhook_id not in r.skipped_webhooks]
     if args.json:
-        _dump({**dead.to_json(), "headers": dict(render.header_pairs(dead.headers)),
+        output.emit_json({**dead.to_json(), "headers": dict(render.header_pairs(dead.headers)),
                "body": render.body_text(dead.value), "last_response": dead.last_response,
                "attempt_history": [a.to_json() for a in attempts], "attempts_truncated": truncated,
                "dead_letters": len(found),
                "webhook": webhook.model_dump(mode="json", exclude={"secrets"}) if webhook else None,
                "replayed_by": replays})
         return 0
-    print(render.show_text(dead, len(found), attempts, truncated, webhook, replays))
+    output.emit(render.show_view(dead, len(found), attempts, truncated, webhook, replays))
     return 0
 
 
@@ -185,10 +183,7 @@ def _progress(json_output: bool) -> Callable[[str, int], Progress] | None:
 def _confirm(args: argparse.Namespace, kind: str, filters: dict[str, Any]) -> Callable[[Plan], Awaitable[bool]]:
     async def confirm(plan: Plan) -> bool:
         if not args.json:
-            print(render.plan_text(kind, plan, filters))
-            sample = render.sample_table(plan.sample[:5])
-            if sample:
-                print("sample:\n" + sample)
+            _plan(kind, plan, filters, plan.sample[:5])
         if args.yes:
             return True
         if not sys.stdin.isatty():
@@ -199,6 +194,14 @@ def _confirm(args: argparse.Namespace, kind: str, filters: dict[str, Any]) -> Ca
     return confirm
 
 
+def _plan(kind: str, plan: Plan, filters: dict[str, Any], sample: list[dict[str, Any]]) -> None:
+    table = render.sample_table(sample)
+    if table is None:
+        output.emit(render.plan_text(kind, plan, filters))
+    else:
+        output.emit(render.plan_text(kind, plan, filters), "sample:", table)
+
+
 def _options(args: argparse.Namespace) -> Options:
     return Options(dry_run=args.dry_run, force=args.force, enable=args.enable, rate=args.rate,
                    checkpoint_every=args.checkpoint_every)
@@ -206,14 +209,11 @@ def _options(args: argparse.Namespace) -> Options:
 
 def _report(args: argparse.Namespace, kind: str, summary: Summary, filters: dict[str, Any]) -> int:
     if args.json:
-        _dump(render.summary_json(kind, summary, filters))
+        output.emit_json(render.summary_json(kind, summary, filters))
     else:
         if summary.status in {"dry_run", "refused", "nothing_to_do"}:
-            print(render.plan_text(kind, summary.plan, filters))
-            sample = render.sample_table(summary.plan.sample)
-            if sample and summary.status == "dry_run":
-                print("sample:\n" + sample)
-        print(render.summary_text(summary))
+            _plan(kind, summary.plan, filters, summary.plan.sample if summary.status == "dry_run" else [])
+        output.emit(render.summary_text(summary))
     return {"refused": Exit.REFUSED, "aborted": Exit.FAILED}.get(summary.status, 0)
 
 
@@ -257,7 +257,7 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
     async with caught_up_table(settings, timeout=TABLE_READY_S) as table:
         report = await status_mod.collect(settings, table, max_scan=args.max_scan)
     if args.json:
-        _dump(status_mod.to_json(report))
+        output.emit_json(status_mod.to_json(report))
     else:
-        print(status_mod.render(report))
+        output.emit(status_mod.render(report))
     return 0

@@ -1,4 +1,5 @@
-"""Text for humans: tables, a run's plan and summary, a dead letter in full."""
+"""What the ops commands show people: tables (``services.shared.output``), a run's plan and summary, a dead
+letter in full. Scripts get the same facts as JSON (``--json``)."""
 
 from __future__ import annotations
 
@@ -6,46 +7,34 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from services.contract.attempts import AttemptRecord
 from services.contract.dead_letters import DeadLetter
 from services.contract.times import iso
 from services.replay.plans import Plan, Summary
 from services.replay.progress import duration
+from services.shared import output
+from services.shared.output import styled, table
 from services.shared.subscriptions import Webhook
-
-MAX_CELL = 60
-
-
-def _cell(value: object) -> str:
-    text = "-" if value is None or value == "" else str(value)
-    text = text.replace("\n", " ")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(head), *(len(row[i]) for row in cells)]) for i, head in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
-
 
 DLQ_COLUMNS = ("time", "account", "webhook", "event", "reason", "attempts", "last status/error")
 
 
 def dead_letter_row(dead: DeadLetter) -> list[object]:
-    return [iso(dead.dead_lettered_at), dead.account_id, dead.webhook_id, dead.event_type, dead.reason,
-            dead.attempts, dead.last_outcome]
+    return [iso(dead.dead_lettered_at), dead.account_id, dead.webhook_id, dead.event_type,
+            styled(dead.reason, "red"), dead.attempts, dead.last_outcome]
 
 
-def dead_letter_table(items: Sequence[DeadLetter]) -> str:
+def dead_letter_table(items: Sequence[DeadLetter]) -> Table:
     return table(DLQ_COLUMNS, [dead_letter_row(d) for d in items])
 
 
-def sample_table(sample: Sequence[dict[str, Any]]) -> str:
+def sample_table(sample: Sequence[dict[str, Any]]) -> Table | None:
     if not sample:
-        return ""
+        return None
     if "reason" in sample[0]:
         rows = sorted([[s.get("dead_lettered_at"), s.get("account_id"), s.get("webhook_id"), s.get("event"),
                         s.get("reason"), s.get("attempts"),
@@ -129,9 +118,9 @@ def body_text(value: bytes | None) -> str:
         return value.decode("utf-8", "replace")
 
 
-def attempts_table(attempts: Sequence[AttemptRecord]) -> str:
-    rows = [[a.attempt, a.time, a.outcome, a.status or a.error_class, a.duration_ms, a.error_message,
-             a.next_delay_ms] for a in attempts]
+def attempts_table(attempts: Sequence[AttemptRecord]) -> Table:
+    rows = [[a.attempt, a.time, styled(a.outcome, "green" if a.outcome == "success" else "red"),
+             a.status or a.error_class, a.duration_ms, a.error_message, a.next_delay_ms] for a in attempts]
     return table(("attempt", "time", "outcome", "status", "ms", "error", "next delay ms"), rows)
 
 
@@ -139,22 +128,23 @@ def header_pairs(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
     return [(k, v.decode("utf-8", "replace")) for k, v in headers]
 
 
-def show_text(dead: DeadLetter, count: int, attempts: Sequence[AttemptRecord], truncated: bool,
-              webhook: Webhook | None, replays: Sequence[str]) -> str:
+def show_view(dead: DeadLetter, count: int, attempts: Sequence[AttemptRecord], truncated: bool,
+              webhook: Webhook | None, replays: Sequence[str]) -> Group:
     key = dead.key.decode("utf-8", "replace") if dead.key else "-"
-    lines = [
+    parts: list[RenderableType] = [
         f"dead letter of delivery {dead.delivery_id}" + (f" (latest of {count})" if count > 1 else ""),
         f"  event {dead.event_type} {dead.event_id}, account {dead.account_id}, webhook {dead.webhook_id}",
         f"  reason {dead.reason}, {dead.attempts} attempts, last: {dead.last_outcome}",
         f"  first attempt {iso(dead.first_attempt_at)}, last attempt {iso(dead.last_attempt_at)}, "
         f"dead-lettered {iso(dead.dead_lettered_at)}",
         f"  DLQ partition {dead.partition} offset {dead.offset}, key {key}",
-        "", "headers:", table(("header", "value"), header_pairs(dead.headers)),
-        "", "last response (excerpt):", dead.last_response or "-",
-        "", "body:", body_text(dead.value),
-        "", "attempt history:" + (" (attempt log read partially: the window is large)" if truncated else ""),
+        "", output.heading("headers:"), table(("header", "value"), header_pairs(dead.headers)),
+        "", output.heading("last response (excerpt):"), dead.last_response or "-",
+        "", output.heading("body:"), body_text(dead.value),
+        "", output.heading("attempt history:" + (" (attempt log read partially: the window is large)"
+                                                 if truncated else "")),
         attempts_table(attempts) if attempts else "  none found in the attempt log",
         "", webhook_text(webhook, dead.webhook_id),
         "", f"replayed by: {', '.join(replays)}" if replays else "not replayed yet",
     ]
-    return "\n".join(lines)
+    return Group(*(Text(p) if isinstance(p, str) else p for p in parts))

@@ -23,15 +23,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from services.contract import headers as h
 from services.contract.times import epoch, iso
 from services.contract.topics import Topics, format_delay
 from services.ops.circuits import CircuitScan, open_circuits
-from services.ops.render import table
 from services.replay.runs import Ledger
 from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
+from services.shared.output import heading, styled, table
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable
 
@@ -157,46 +159,49 @@ def _due(due: float | None, now: float) -> str:
     return f"{iso(due)} ({'due in' if delta > 0 else 'overdue by'} {abs(delta):.0f}s)"
 
 
-def _circuits(scan: CircuitScan | None) -> list[str]:
+def _circuits(scan: CircuitScan | None) -> list[RenderableType]:
     if scan is None:
-        return ["Open circuits: not read"]
+        return [heading("Open circuits: not read")]
     minutes = f"{scan.window_s / 60:g} min"
     note = f"from the attempt log of the last {minutes}" + (
         f", newest {scan.records:,} attempts only" if scan.truncated else "")
-    out = [f"Open circuits ({len(scan.circuits)}, {note})"]
+    out: list[RenderableType] = [heading(f"Open circuits ({len(scan.circuits)}, {note})")]
     if scan.circuits:
         out.append(table(("webhook", "account", "failures", "failing since", "last error"),
-                         [[c.webhook_id, c.account_id, c.failures, iso(c.failing_since) or "-", c.last_error or "-"]
-                          for c in scan.circuits]))
+                         [[c.webhook_id, c.account_id, styled(c.failures, "red"), iso(c.failing_since) or "-",
+                           c.last_error or "-"] for c in scan.circuits]))
     return out
 
 
-def render(report: Report) -> str:
-    out = [f"akece-webhooks status at {iso(report.now)}", "", "Consumer lag"]
+def render(report: Report) -> Group:
+    """The ``status`` screen: one heading and one table per part."""
+    out: list[RenderableType] = [heading(f"akece-webhooks status at {iso(report.now)}"), Text(),
+                                 heading("Consumer lag")]
     out.append(table(("group", "topic", "lag"), [[g, t, n] for (g, t), n in sorted(report.lag.items())])
-               if report.lag else "  no consumer group has committed offsets on these topics")
-    out += ["", "Retry tiers"]
+               if report.lag else Text("  no consumer group has committed offsets on these topics"))
+    out += [Text(), heading("Retry tiers")]
     out.append(table(("tier", "topic", "depth", "oldest due"),
                      [[format_delay(t.delay), t.topic, t.depth, _due(t.oldest_due, report.now)] for t in report.tiers]))
-    out += ["", "Dead letters"]
+    out += [Text(), heading("Dead letters")]
     if report.dlq is not None:
         d = report.dlq
         reasons = sorted(set(d.hour or ()) | set(d.day or ()))
         hour, day = d.hour or Counter(), d.day
         rows: list[list[object]] = [[r, hour[r], day[r] if day is not None else "?"] for r in reasons]
-        rows.append(["total", d.hour_total, d.day_total])
+        rows.append([heading("total"), d.hour_total, d.day_total])
         out.append(table(("reason", "last hour", "last day"), rows))
-    out += ["", f"Disabled webhooks ({len(report.disabled)})"]
+    out += [Text(), heading(f"Disabled webhooks ({len(report.disabled)})")]
     if report.disabled:
         out.append(table(("id", "account", "since", "reason"),
-                         [[w["id"], w["account_id"], w["since"], w["reason"]] for w in report.disabled]))
-    out += ["", *_circuits(report.circuits)]
+                         [[w["id"], w["account_id"], w["since"], styled(w["reason"], "yellow")]
+                          for w in report.disabled]))
+    out += [Text(), *_circuits(report.circuits)]
     if report.replays:
-        out += ["", "Unfinished replays/recovers",
+        out += [Text(), heading("Unfinished replays/recovers"),
                 table(("id", "kind", "status", "user", "started", "progress"),
                       [[r["id"], r["kind"], r["status"], r["user"], r["started_at"], r["progress"]]
                        for r in report.replays])]
-    return "\n".join(out)
+    return Group(*out)
 
 
 def to_json(report: Report) -> dict[str, Any]:

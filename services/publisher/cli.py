@@ -20,14 +20,17 @@ from schemas import EVENT_NAMES
 from schemas.examples import example
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
-from services.shared.cli import quiet_client_logs
+from services.shared import output
+from services.shared.cli import one_shot
 from services.shared.errors import KafkaUnavailableError, ValidationError
 from services.shared.exits import Exit
 from services.shared.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    publish = sub.add_parser("publish", help="publish event payloads to the events topic")
+    publish = sub.add_parser("publish", help="publish event payloads to the events topic", epilog=(
+        "examples:\n  akece-webhooks publish --example message_created --account 7\n"
+        "  akece-webhooks publish events.jsonl\n  cat payload.json | akece-webhooks publish --dry-run -"))
     publish.add_argument("file", nargs="?", default="-", help="a JSON object, a JSON array or JSON lines; - for stdin")
     publish.add_argument("--dry-run", action="store_true", help="validate and print, send nothing")
     publish.add_argument("--source", default="akece://core", help="CloudEvents source attribute")
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     publish.add_argument("--account", type=int, default=1, help="account id of the --example payload (default 1)")
     publish.add_argument("--conversation", type=int, default=1,
                          help="conversation display id of the --example payload (default 1)")
+    output.add_json_option(publish, "one line per event (event id, key, partition, offset)")
     publish.set_defaults(func=publish_command)
 
 
@@ -106,13 +110,15 @@ def publish_command(args: argparse.Namespace) -> int:
         print(f"{len(errors)} invalid payload(s); nothing was published", file=sys.stderr)
         return Exit.USAGE
     if args.dry_run:
+        if args.json:
+            output.emit_json([_event_json(event) for event in events])
+            return 0
         for event in events:
             print(f"valid    {event.event_type:30} account={event.account_id} key={event.key.decode()}")
         print(f"{len(events)} payload(s) valid; dry run, nothing sent")
         return 0
-    quiet_client_logs()
     try:
-        return asyncio.run(_send(events, args.source))
+        return asyncio.run(_send(one_shot(args), events, args))
     except KafkaUnavailableError as exc:
         print(f"publish: {exc}", file=sys.stderr)
         return Exit.FAILED
@@ -126,9 +132,18 @@ def _payloads(args: argparse.Namespace) -> list[Any]:
     return [example(args.example, account_id=args.account, conversation_id=args.conversation)]
 
 
-async def _send(events: list[OutgoingEvent], source: str) -> int:
-    async with Publisher(Settings(), source=source) as publisher:
+def _event_json(event: OutgoingEvent) -> dict[str, Any]:
+    return {"event": event.event_type, "id": event.event_id, "account_id": event.account_id,
+            "key": event.key.decode()}
+
+
+async def _send(settings: Settings, events: list[OutgoingEvent], args: argparse.Namespace) -> int:
+    async with Publisher(settings, source=args.source) as publisher:
         published = await publisher.send_prepared(events)
+    if args.json:
+        output.emit_json([{**_event_json(item.event), "partition": item.partition, "offset": item.offset}
+                          for item in published])
+        return 0
     for item in published:
         e = item.event
         print(f"published {e.event_type:30} id={e.event_id} account={e.account_id} "

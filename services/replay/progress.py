@@ -1,4 +1,4 @@
-"""Progress on stderr: a bar with count, rate and ETA on a terminal, else a line every few seconds."""
+"""Progress on stderr: a ``rich`` bar with count, rate and ETA on a terminal, else a line every few seconds."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
+
+from rich import progress as bars
+from rich.console import Console
 
 BAR_WIDTH = 30
 
@@ -30,22 +33,31 @@ class Progress:
         self.started = clock()
         self._drawn = self.started
         self.done = 0
+        self._bar: bars.Progress | None = None
+        if self.tty:
+            console = Console(file=self.stream, force_terminal=True, highlight=False)
+            self._bar = bars.Progress(bars.TextColumn("{task.description}"), bars.BarColumn(bar_width=BAR_WIDTH),
+                                      bars.TextColumn("{task.fields[stats]}"), console=console, auto_refresh=False,
+                                      get_time=clock, redirect_stdout=False, redirect_stderr=False)
+            self._task = self._bar.add_task(label, total=max(total, 1), stats=self.stats())
+            self._bar.start()
 
     def rate(self) -> float:
         elapsed = self._clock() - self.started
         return self.done / elapsed if elapsed > 0 else 0.0
 
-    def line(self) -> str:
+    def stats(self) -> str:
+        """``done/total share rate/s ETA h:mm:ss``."""
         rate = self.rate()
         left = self.total - self.done
         eta = duration(left / rate) if rate > 0 else "?"
         share = self.done / self.total if self.total else 1.0
         shown = f"{rate:,.1f}" if rate < 10 else f"{rate:,.0f}"
-        text = f"{self.done}/{self.total} {share:4.0%} {shown}/s ETA {eta}"
-        if not self.tty:
-            return f"{self.label}: {text}"
-        filled = int(BAR_WIDTH * share)
-        return f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {text}"
+        return f"{self.done}/{self.total} {share:4.0%} {shown}/s ETA {eta}"
+
+    def line(self) -> str:
+        """The line written off a terminal."""
+        return f"{self.label}: {self.stats()}"
 
     def update(self, done: int) -> None:
         self.done = done
@@ -55,14 +67,14 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(self.done, max(self.total, 1)), stats=self.stats())
+            self._bar.refresh()
+            return
+        self.stream.write(self.line() + "\n")
         self.stream.flush()
 
     def finish(self) -> None:
         self._draw()
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from services.shared.cli import load_settings
 from services.shared.errors import ValidationError
-from services.shared.settings import DEFAULT_RUNBOOK_BASE_URL, Settings
+from services.shared.settings import DEFAULT_RUNBOOK_BASE_URL
 
 RUNBOOK_KEY = "runbook_url: "
 
@@ -29,9 +30,13 @@ def render_rules(text: str, base_url: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    alerts = sub.add_parser("alerts", help="the Prometheus alert rules")
+    alerts = sub.add_parser("alerts", help="the Prometheus alert rules",
+                            epilog="example:\n  akece-webhooks alerts render -o alerts.yml")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
-    render = alerts_sub.add_parser("render", help="print the rules with runbook links under AKECE_RUNBOOK_BASE_URL")
+    render = alerts_sub.add_parser(
+        "render", help="print the rules with runbook links under AKECE_RUNBOOK_BASE_URL",
+        epilog="example:\n  AKECE_RUNBOOK_BASE_URL=https://wiki.example.com/akece/runbook "
+               "akece-webhooks alerts render -o alerts.yml")
     render.add_argument("rules", nargs="?", default="deploy/prometheus/alerts.yml", help="the rules file")
     render.add_argument("-o", "--output", help="write here instead of stdout")
     render.set_defaults(func=render_command)
@@ -42,7 +47,7 @@ def render_command(args: argparse.Namespace) -> int:
         text = Path(args.rules).read_text()
     except OSError as exc:
         raise ValidationError(f"cannot read alert rules {args.rules}: {exc.strerror}") from exc
-    rendered = render_rules(text, Settings().runbook_base_url)
+    rendered = render_rules(text, load_settings(args).runbook_base_url)
     if args.output:
         Path(args.output).write_text(rendered)
     else:
