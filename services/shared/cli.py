@@ -116,7 +116,7 @@ def ensure_command(args: argparse.Namespace) -> int:
         output.emit_json(rows)
         return 0
     columns = ("result", "topic", "partitions", "replicas", "min isr", "cleanup", "purpose")
-    output.emit(output.table(columns, [[r["result"], r["topic"], r["partitions"], r["replication_factor"],
-                                        isr or "-", r["cleanup_policy"], r["purpose"]] for r in rows],
-                             max_cell=None))
+    table = [[output.styled(r["result"], "green" if r["result"] == "created" else ""), r["topic"], r["partitions"],
+              r["replication_factor"], isr or "-", r["cleanup_policy"], r["purpose"]] for r in rows]
+    output.emit(output.table(columns, table, max_cell=None))
     return 0
