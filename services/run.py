@@ -206,7 +206,7 @@ def register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def register_deliver(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     deliver = sub.add_parser("deliver", help="deliver webhooks: deliveries topic and retry tiers",
-                             epilog="example:\n  akece-webhooks deliver --group-id akece.delivery")
+                             epilog="examples:\n  akece-webhooks deliver\n  akece-webhooks deliver --processes 4")
     deliver.add_argument("--group-id", default=None, help="consumer group (default <prefix>.delivery)")
     deliver.add_argument("--until-idle", action="store_true",
                          help="exit once every partition is read and nothing is in flight or scheduled")

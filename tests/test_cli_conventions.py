@@ -26,10 +26,12 @@ from services import cli
 from services.contract.topics import Topics, topic_specs
 from services.devtools import cli as devtools_cli
 from services.devtools.kafka_local import free_port
+from services.run import child_argv
 from services.shared.cli import GLOBAL_OPTIONS, load_settings
 from services.shared.exits import Exit
 from services.shared.settings import Settings
 
+HIDDEN = {"--child"}  # a parent's argument to its children (``deliver|router --processes N``), not for people
 ENV_KEYS = ("AKECE_KAFKA_BOOTSTRAP_SERVERS", "AKECE_TOPIC_PREFIX", "AKECE_KAFKA_CLIENT_ID", "AKECE_LOG_LEVEL")
 
 
@@ -60,6 +62,8 @@ def test_every_option_has_help_and_every_command_an_example(name: str, parser: a
                 assert choice.help, f"{name} {choice.dest}: subcommand without help"
             continue
         label = "/".join(action.option_strings) or action.dest
+        if label in HIDDEN:
+            continue
         assert action.help and action.help != argparse.SUPPRESS, f"{name} {label}: no help text"
     shown = parser.format_help()
     assert parser.epilog and re.search(r"^examples?:\n  (\w+=\S+ )*akece-webhooks ", parser.epilog), name
@@ -102,6 +106,17 @@ def test_global_options_before_or_after_the_command_override_the_environment(
     settings = load_settings(cli.parser().parse_args(argv))
     assert (settings.kafka.bootstrap_servers, settings.topic_prefix) == ("a.example:9092", "staging")
     assert settings.kafka.client_id == "kept"
+
+
+def test_the_children_of_processes_n_get_the_global_options() -> None:
+    args = cli.parser().parse_args(["--topic-prefix", "staging", "deliver", "--processes", "2",
+                                    "--bootstrap-server", "a.example:9092", "--env-file", "prod.env"])
+    argv = child_argv(args)
+    assert argv[argv.index("deliver"):] == ["deliver", "--processes", "1", "--bootstrap-server", "a.example:9092",
+                                            "--topic-prefix", "staging", "--env-file", "prod.env"]
+    child = cli.parser().parse_args(argv[argv.index("deliver"):])
+    assert (child.bootstrap_server, child.topic_prefix, str(child.env_file)) == \
+        ("a.example:9092", "staging", "prod.env")
 
 
 def test_without_global_options_the_environment_decides(clean_env: pytest.MonkeyPatch) -> None:
