@@ -22,7 +22,7 @@ from services.ops import cli as ops_cli
 from services.publisher import cli as publisher_cli
 from services.shared import alerts as alerts_cli
 from services.shared import cli as shared_cli
-from services.shared.errors import AkeceError
+from services.shared.errors import AkeceError, KafkaSettingsRefusedError, KafkaUnavailableError
 from services.shared.exits import Exit
 from services.shared.settings import describe_invalid
 
@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shared_cli.check_env_file(args)
         code: int = args.func(args)
+    except KafkaUnavailableError as exc:  # the broker refused the settings: 2; away or not answering: 1
+        print(f"akece-webhooks: {exc}", file=sys.stderr)
+        return Exit.USAGE if isinstance(exc, KafkaSettingsRefusedError) else Exit.FAILED
     except AkeceError as exc:
         print(f"akece-webhooks: {exc}", file=sys.stderr)
         return Exit.USAGE

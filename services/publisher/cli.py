@@ -3,7 +3,7 @@ or JSON lines), or a realistic example of one event (``schemas.examples``) for a
 
 Every payload is validated before anything is sent. Exit codes: 0 published (or valid, with
 ``--dry-run``), 1 Kafka unreachable, topic missing or no acknowledgement in time, 2 input refused
-(unreadable, not JSON or invalid; nothing was sent).
+(unreadable, not JSON or invalid; nothing was sent) or the broker refused the connection settings.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import output
 from services.shared.cli import one_shot
-from services.shared.errors import KafkaUnavailableError, ValidationError
+from services.shared.errors import KafkaSettingsRefusedError, KafkaUnavailableError, ValidationError
 from services.shared.exits import Exit
 from services.shared.settings import Settings
 
@@ -121,7 +121,7 @@ def publish_command(args: argparse.Namespace) -> int:
         return asyncio.run(_send(one_shot(args), events, args))
     except KafkaUnavailableError as exc:
         print(f"publish: {exc}", file=sys.stderr)
-        return Exit.FAILED
+        return Exit.USAGE if isinstance(exc, KafkaSettingsRefusedError) else Exit.FAILED
 
 
 def _payloads(args: argparse.Namespace) -> list[Any]:

@@ -26,6 +26,11 @@ class KafkaUnavailableError(AkeceError):
     retriable = True
 
 
+class KafkaSettingsRefusedError(KafkaUnavailableError):
+    """The broker answered and refused the connection settings (credentials, TLS, protocol). One-shot
+    commands exit 2 on it; the long-running roles keep retrying (a restarting broker can look alike)."""
+
+
 class BrokerUnreachableError(KafkaUnavailableError):
     """Nothing was attempted: the process knows the broker is away (its probes fail)."""
 

@@ -20,8 +20,8 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from services.contract.topics import TopicSpec, topic_specs
 from services.shared import logging as logs
-from services.shared.errors import ConfigError, KafkaUnavailableError
-from services.shared.kafka_security import bootstrap_failures, client_options, explain
+from services.shared.errors import ConfigError, KafkaSettingsRefusedError, KafkaUnavailableError
+from services.shared.kafka_security import bootstrap_failures, client_options, explain, settings_refused
 from services.shared.settings import Settings
 
 log = logs.get("kafka")
@@ -131,7 +131,8 @@ async def start(client: Any) -> None:
         except (KafkaError, OSError) as exc:
             await close(client)
             reason = explain(exc, failures, client_protocol(client))
-            raise KafkaUnavailableError(f"cannot reach Kafka at {client_bootstrap(client)}: {reason}") from exc
+            kind = KafkaSettingsRefusedError if settings_refused(failures) else KafkaUnavailableError
+            raise kind(f"cannot reach Kafka at {client_bootstrap(client)}: {reason}") from exc
 
 
 @asynccontextmanager

@@ -171,6 +171,16 @@ def cause(error: BaseException, protocol: str | None, *, answered_before: bool =
     return f"{type(error).__name__}: {error}" if not str(error).startswith(type(error).__name__) else str(error)
 
 
+def settings_refused(failures: Sequence[BaseException]) -> bool:
+    """The broker answered and refused these settings (credentials, mechanism, TLS or the protocol):
+    retrying will not help, the configuration must change."""
+    if not failures:
+        return False
+    error = failures[0]
+    closed = isinstance(error, KafkaConnectionError) and str(error).rstrip().endswith("closed")
+    return closed or isinstance(error, (SaslAuthenticationFailed, UnsupportedSaslMechanismError, ssl.SSLError))
+
+
 def _broker_says(error: BaseException) -> str:
     """The message of an aiokafka error without its ``[Error 58] ClassName: `` prefix."""
     text = str(error)
