@@ -41,7 +41,10 @@ from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
 from bench.limits import http_probe, kafka_probe
 from bench.peers.drain import SYSTEMS, PeersRun
 from bench.receivers import Nginx, PyReceiver
-from services.devtools.kafka_local import BOOTSTRAP_ENV, LocalKafka, PortInUseError, free_port, kafka_version
+from services.devtools.jars import kafka_version
+from services.devtools.kafka_errors import PortInUseError
+from services.devtools.kafka_local import LocalKafka
+from services.devtools.ports import BOOTSTRAP_ENV, free_port
 from services.shared import logging as logs
 
 PEERS_EVENTS = {"full": 50_000, "quick": 5_000}

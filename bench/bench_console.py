@@ -32,7 +32,7 @@ import orjson
 from playwright.async_api import Page, async_playwright
 
 from services.contract.topics import topic_specs
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 

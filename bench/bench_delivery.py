@@ -51,15 +51,11 @@ from schemas.examples import example
 from services.contract.deliveries import delivery_key, first_attempt_headers
 from services.contract.times import now_iso
 from services.contract.topics import Topics
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
-from services.shared.subscriptions import (
-    Webhook,
-    encode_webhook,
-    new_webhook_id,
-)
+from services.shared.webhooks import Webhook, encode_webhook, new_webhook_id
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SERVE_WITHOUT_METRICS = "--serve-deliver-without-metrics"  # internal: the worker process of a metrics-off run

@@ -50,7 +50,8 @@ from services.shared import logging as logs
 from services.shared.metrics import Metrics
 from services.shared.runtime import run_async
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
+from services.shared.subscriptions import SubscriptionTable
+from services.shared.webhooks import Webhook, encode_webhook
 
 REPEATS = 5
 RESULTS = Path(__file__).resolve().parent / "results"

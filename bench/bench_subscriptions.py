@@ -40,7 +40,7 @@ import orjson
 
 from schemas import EVENT_NAMES
 from services.contract.topics import Topics, topic_specs
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionTable

@@ -46,15 +46,12 @@ from services.contract import headers as h
 from services.contract.deliveries import delivery_id
 from services.contract.times import now_iso
 from services.contract.topics import Topics
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import (
-    Webhook,
-    new_webhook_id,
-)
+from services.shared.webhooks import Webhook, new_webhook_id
 
 # Share of each event type, roughly as a support desk produces them (messages dominate).
 EVENT_MIX = {"message_created": 45, "message_updated": 8, "conversation_updated": 15,

@@ -24,13 +24,8 @@ from services.contract.deliveries import delivery_id, delivery_key, first_attemp
 from services.contract.times import iso
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import (
-    SubscriptionStore,
-    SubscriptionTable,
-    Webhook,
-    caught_up_table,
-    new_webhook_id,
-)
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, caught_up_table
+from services.shared.webhooks import Webhook, new_webhook_id
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,10 @@ from bench.e2e import Hook, RunConfig, Scenario, ScenarioRun, log_problems, perc
 from bench.limits import cpu_seconds, machine_busy_seconds
 from bench.receivers import ArrivalLog, Nginx
 from services.contract.topics import Topics
-from services.devtools.kafka_local import LocalKafka, PortInUseError, free_port, kafka_version
+from services.devtools.jars import kafka_version
+from services.devtools.kafka_errors import PortInUseError
+from services.devtools.kafka_local import LocalKafka
+from services.devtools.ports import free_port
 from services.publisher.events import OutgoingEvent
 from services.publisher.publisher import Publisher
 from services.shared import kafka

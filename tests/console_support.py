@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 

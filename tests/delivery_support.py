@@ -26,14 +26,8 @@ from services.delivery.worker import DeliveryWorker
 from services.shared import kafka
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
-from services.shared.subscriptions import (
-    SigningSecret,
-    SubscriptionStore,
-    SubscriptionTable,
-    Webhook,
-    new_secret,
-    new_webhook_id,
-)
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import SigningSecret, Webhook, new_secret, new_webhook_id
 
 READY_TIMEOUT_S = 30.0
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from services.contract.topics import Topics
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 from tests.delivery_support import Delivery, delivery
 from tests.receiver import Receiver
 

@@ -19,14 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.devtools.kafka_local import (
-    BOOTSTRAP_ENV,
-    KafkaStatus,
-    LocalKafka,
-    PortInUseError,
-    add_kafka_parser,
-    free_port,
-)
+from services.devtools.kafka_commands import add_kafka_parser
+from services.devtools.kafka_errors import PortInUseError
+from services.devtools.kafka_local import KafkaStatus, LocalKafka
+from services.devtools.ports import BOOTSTRAP_ENV, free_port
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
 START_ATTEMPTS = 3  # free ports can be taken between picking and binding

@@ -39,7 +39,8 @@ from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import Supervisor
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import Webhook
 from tests.conftest import make_settings
 from tests.test_subscriptions import LiveTable, running_store, running_table
 

@@ -14,7 +14,7 @@ from bench import report
 from bench.e2e import Workload, percentile, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 
 
 def post(url: str, delivery: str, timeout: float = 5) -> tuple[int, bytes]:

@@ -22,7 +22,7 @@ from services.shared import kafka
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook, read_topic, stack
 from tests.receiver import Receiver

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from schemas.examples import example
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from tests.containers import PREFIX, Image, Podman, wait_ready
 from tests.receiver import Receiver
 from tests.test_alert_rules import ALERTS, JOBS, run_promtool

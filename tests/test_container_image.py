@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from schemas.examples import example
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from tests.containers import Image, Podman, wait_ready
 from tests.receiver import Receiver
 

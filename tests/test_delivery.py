@@ -20,7 +20,7 @@ from services.contract import headers as h
 from services.contract.topics import Topics
 from services.delivery import attempt as attempt_module
 from services.delivery.worker import DeliveryWorker
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared.errors import ConfigError, KafkaUnavailableError
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable

@@ -30,7 +30,7 @@ from prometheus_client import generate_latest
 
 from services.contract import headers as h
 from services.delivery import attempt as attempt_module
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings

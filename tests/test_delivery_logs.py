@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared.settings import Settings
 from tests.delivery_support import delivery, make_webhook, produce, read_topic, stack
 from tests.log_capture import captured_logs

@@ -14,7 +14,7 @@ import signal
 import sys
 import uuid
 
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 
 DEMO_EVENTS = 7
 ACCOUNT = re.compile(r"\[account\] delivered=(\d+) retried=(\d+) dead-lettered=(\d+)")

@@ -27,7 +27,7 @@ from services.contract import headers as h
 from services.contract.deliveries import delivery_id
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 from tests import toolchains
 from tests.conftest import make_settings
 from tests.delivery_support import make_webhook

@@ -33,7 +33,7 @@ import pytest
 from services.contract.topics import Topics
 from services.delivery.signing import request_headers
 from services.shared.settings import Settings
-from services.shared.subscriptions import SigningSecret, Webhook, new_secret
+from services.shared.webhooks import SigningSecret, Webhook, new_secret
 from tests import toolchains
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, read_topic

@@ -32,8 +32,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from services.contract.topics import Topics
-from services.devtools.kafka_local import HOST, _wait_exit, free_port
+from services.devtools.kafka_errors import HOST
 from services.devtools.kafka_local_cluster import LocalCluster
+from services.devtools.ports import free_port
+from services.devtools.processes import wait_exit
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings
@@ -151,7 +153,7 @@ async def kill_node(cluster: LocalCluster, node_id: int) -> None:
     pid = cluster.pid(node_id)
     assert pid is not None, f"node {node_id} is not running"
     os.kill(pid, signal.SIGKILL)
-    assert await asyncio.to_thread(_wait_exit, pid, 10, None)
+    assert await asyncio.to_thread(wait_exit, pid, 10, None)
 
 
 async def down_then_back(cluster: LocalCluster, campaign: Campaign, node_id: int) -> None:

@@ -31,11 +31,12 @@ from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine
 from services.replay.plans import Options, Send, Skip
 from services.replay.window import Window
-from services.shared import kafka
-from services.shared import subscriptions as subs
+from services.shared import kafka, webhook_index
+from services.shared import webhooks as hooks
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, encode_webhook
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import encode_webhook
 from tests.log_capture import captured_logs
 from tests.test_replay import read_all
 from tests.test_subscriptions import webhook
@@ -68,17 +69,17 @@ async def following(table: SubscriptionTable) -> AsyncIterator[asyncio.Task[None
 # --- the subscription table ------------------------------------------------------------------------
 async def test_the_table_skips_a_record_that_makes_it_raise_and_keeps_following(
         settings: Settings, topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = subs.decode_webhook
+    real = hooks.decode_webhook
 
-    def decode(value: bytes) -> subs.Webhook:  # a bug that one record's bytes trigger
+    def decode(value: bytes) -> hooks.Webhook:  # a bug that one record's bytes trigger
         if b"POISON" in value:
             raise RuntimeError(f"cannot handle {value.decode()}")
         return real(value)
 
-    monkeypatch.setattr(subs, "decode_webhook", decode)
-    good, poison, later = (webhook(subs.new_webhook_id(), 7, ["message_created"], url=f"https://{n}.example.com/x")
+    monkeypatch.setattr(webhook_index, "decode_webhook", decode)
+    good, poison, later = (webhook(hooks.new_webhook_id(), 7, ["message_created"], url=f"https://{n}.example.com/x")
                            for n in ("good", "POISON-SECRETPATH", "later"))
-    elsewhere = webhook(subs.new_webhook_id(), 7, ["message_created"], url="https://elsewhere.example.com/")
+    elsewhere = webhook(hooks.new_webhook_id(), 7, ["message_created"], url="https://elsewhere.example.com/")
     metrics = Metrics(CollectorRegistry())
     table = SubscriptionTable(settings, metrics=metrics)
     async with kafka.started(kafka.producer(settings)) as producer:
@@ -128,7 +129,7 @@ async def test_a_dead_letter_with_impossible_times_is_listed_and_replayed(settin
     assert sorted(sent) == sorted(d.delivery_id for d in [*specs, odd])
 
 
-def subs_webhook(webhook_id: int) -> subs.Webhook:
+def subs_webhook(webhook_id: int) -> hooks.Webhook:
     from bench.fixtures import webhook as fixture_webhook
 
     return fixture_webhook(1, webhook_id=webhook_id)
@@ -184,7 +185,7 @@ async def test_an_unexpected_error_in_the_api_is_that_request_s_500(
             auth = {"api_access_token": ADMIN}
             original = WebhookService.for_account
 
-            def broken(self: WebhookService, account_id: int) -> list[subs.Webhook]:
+            def broken(self: WebhookService, account_id: int) -> list[hooks.Webhook]:
                 raise RuntimeError("a bug")
 
             monkeypatch.setattr(WebhookService, "for_account", broken)

@@ -31,7 +31,7 @@ from services.contract import attempts
 from services.delivery.http import HttpSender
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import HttpSettings, Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, read_topic, stack
 from tests.hostile import BEHAVIORS, HostileServer

@@ -12,17 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.devtools.kafka_local import (
-    BOOTSTRAP_ENV,
-    HOME_ENV,
-    JVM_OPTS_ENV,
-    LocalKafka,
-    LocalKafkaError,
-    PortInUseError,
-    default_port,
-    free_port,
-    new_cluster_id,
-)
+from services.devtools.broker_dir import new_cluster_id
+from services.devtools.jars import HOME_ENV, JVM_OPTS_ENV
+from services.devtools.kafka_errors import LocalKafkaError, PortInUseError
+from services.devtools.kafka_local import LocalKafka
+from services.devtools.ports import BOOTSTRAP_ENV, default_port, free_port
 from tests.kafka_broker import kafka_cli
 
 TOPIC = "lifecycle"

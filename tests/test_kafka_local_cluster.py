@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.devtools.kafka_local import free_port
 from services.devtools.kafka_local_cluster import LocalCluster
+from services.devtools.ports import free_port
 from services.shared.settings import Settings
 from tests.kafka_broker import kafka_cli
 

@@ -30,7 +30,8 @@ import orjson
 import pytest
 
 from schemas.examples import example
-from services.devtools.kafka_local import LocalKafka, free_port
+from services.devtools.kafka_local import LocalKafka
+from services.devtools.ports import free_port
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings

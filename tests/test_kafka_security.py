@@ -29,7 +29,9 @@ import pytest
 
 from schemas.examples import example
 from services.devtools import kafka_local_secure as secure
-from services.devtools.kafka_local import KafkaStatus, LocalKafka, LocalKafkaError, free_port
+from services.devtools.kafka_errors import LocalKafkaError
+from services.devtools.kafka_local import KafkaStatus, LocalKafka
+from services.devtools.ports import free_port
 from services.publisher.publisher import Publisher
 from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import KafkaSettings, Settings

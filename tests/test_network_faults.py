@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from services.devtools.kafka_local import HOST, LocalKafka, free_port
+from services.devtools.kafka_errors import HOST
+from services.devtools.kafka_local import LocalKafka
+from services.devtools.ports import free_port
 from tests.conftest import make_settings
 from tests.delivery_support import deliver_process, make_webhook, stack, worker_env
 from tests.fault_load import (

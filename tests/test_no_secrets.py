@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.examples import example
 from services.admin.app import create_app
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.publisher.publisher import Publisher
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings

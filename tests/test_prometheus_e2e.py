@@ -36,7 +36,7 @@ from services.publisher.publisher import Publisher
 from services.router.worker import RouterWorker
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import SigningSecret, Webhook, encode_webhook, new_secret, new_webhook_id
+from services.shared.webhooks import SigningSecret, Webhook, encode_webhook, new_secret, new_webhook_id
 from tests.promql_names import exported_families, family, referenced_metrics
 from tests.receiver import Receiver
 

@@ -17,7 +17,7 @@ import pytest
 from schemas.examples import GUIDE_EXAMPLE, example
 from services.contract import headers as h
 from services.contract.topics import Topics
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.publisher.cli import parse_payloads
 from services.publisher.events import event_key, prepare
 from services.publisher.publisher import Publisher

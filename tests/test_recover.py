@@ -24,7 +24,7 @@ from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.router.core import IncomingEvent, route
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 SUBSCRIBED = ["message_created", "conversation_status_changed"]
 

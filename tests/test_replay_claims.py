@@ -41,7 +41,7 @@ from services.replay.runs import Claim, Ledger, Run
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 from tests.delivery_support import make_webhook, stack
 from tests.receiver import Receiver
 

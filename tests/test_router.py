@@ -33,7 +33,8 @@ from services.shared.errors import ConfigError
 from services.shared.metrics import Metrics
 from services.shared.runtime import WorkerState, health_routes
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
+from services.shared.subscriptions import SubscriptionTable
+from services.shared.webhooks import Webhook, encode_webhook
 from tests.conftest import create_topics_with_record_limit, make_settings
 from tests.test_admin_api import running_api, with_tokens
 from tests.test_subscriptions import LiveTable

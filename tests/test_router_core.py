@@ -17,7 +17,8 @@ from services.publisher.events import prepare
 from services.router import core
 from services.router.core import IncomingEvent, Invalid, Routed, RoutePolicy, route
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionTable, Webhook, encode_webhook
+from services.shared.subscriptions import SubscriptionTable
+from services.shared.webhooks import Webhook, encode_webhook
 
 ROUTED_AT = "2026-03-04T05:06:07.890Z"
 EVENT_AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from services import __version__
 from services.delivery.signing import chatwoot_signature, request_headers, standard_signature
-from services.shared.subscriptions import new_secret
+from services.shared.webhooks import new_secret
 
 BODY = b'{"event":"message_created","id":1,"content":"ol\xc3\xa1 \xe2\x9c\x93","account":{"id":1}}'
 DELIVERY_ID = "0f8b1c3e-9a7e-5d4b-8c2a-1e2f3a4b5c6d"

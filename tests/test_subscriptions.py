@@ -15,15 +15,8 @@ from services.contract.topics import Topics
 from services.shared import kafka, subscriptions
 from services.shared.errors import KafkaUnavailableError
 from services.shared.settings import Settings
-from services.shared.subscriptions import (
-    SigningSecret,
-    SubscriptionStore,
-    SubscriptionTable,
-    Webhook,
-    encode_webhook,
-    new_secret,
-    new_webhook_id,
-)
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import SigningSecret, Webhook, encode_webhook, new_secret, new_webhook_id
 from tests.conftest import make_settings
 from tests.log_capture import captured_logs
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from services.devtools.kafka_local import HOST, free_port
+from services.devtools.kafka_errors import HOST
+from services.devtools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "build" / "toxiproxy" / "toxiproxy-server"

@@ -40,12 +40,12 @@ from bench.receivers import ArrivalLog, Nginx, stop_process
 from schemas.examples import example
 from services.contract.deliveries import delivery_id
 from services.contract.topics import Topics
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.publisher.events import OutgoingEvent, prepare
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import new_webhook_id
+from services.shared.webhooks import new_webhook_id
 
 ACCOUNT = 1000
 CONVERSATIONS = 500

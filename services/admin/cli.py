@@ -26,7 +26,8 @@ from services.shared.cli import one_shot
 from services.shared.exits import Exit
 from services.shared.netguard import NetworkGuard
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, Webhook, caught_up_table
+from services.shared.subscriptions import SubscriptionStore, caught_up_table
+from services.shared.webhooks import Webhook
 
 READY_TIMEOUT_S = 60.0
 

@@ -17,7 +17,7 @@ from services.admin.service import WebhookService, webhook_view
 from services.admin.validation import BadRequest, parse_body
 from services.shared.auth import NOT_FOUND, PRINCIPAL
 from services.shared.digits import ascii_int
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

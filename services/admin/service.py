@@ -21,14 +21,8 @@ from services.contract.times import iso_time
 from services.shared import logging as logs
 from services.shared.errors import BlockedDestinationError, TransportError
 from services.shared.netguard import NetworkGuard
-from services.shared.subscriptions import (
-    SigningSecret,
-    SubscriptionStore,
-    SubscriptionTable,
-    Webhook,
-    new_secret,
-    new_webhook_id,
-)
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import SigningSecret, Webhook, new_secret, new_webhook_id
 
 log = logs.get("admin")
 

@@ -16,7 +16,7 @@ from services.console.core import Ctx
 from services.console.html import esc, when
 from services.ops.status import collect, to_json
 from services.shared.errors import AkeceError
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 MAX_ROWS = 500
 

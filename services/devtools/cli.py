@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from services.devtools.kafka_local import add_kafka_parser, kafka_cli
+from services.devtools.kafka_commands import add_kafka_parser, kafka_cli
 from services.shared.cli import load_settings
 
 EXAMPLES = {

@@ -1,6 +1,6 @@
 """A local Apache Kafka cluster: N KRaft nodes (each broker + controller) forming one quorum.
 
-``akece-webhooks kafka start --nodes 3`` runs it; ``stop``/``status``/``reset`` find it by its
+``akece-webhooks kafka start --nodes 3`` runs it (``kafka_commands``); ``stop``/``status``/``reset`` find it by its
 ``cluster.json``. Each node is a ``LocalKafka`` in its own directory, so a test can SIGKILL one
 node by its pid and start it again on the same ports. The data dir holds::
 
@@ -14,12 +14,10 @@ from ``AKECE_KAFKA_REPLICATION_FACTOR`` and ``AKECE_KAFKA_MIN_INSYNC_REPLICAS``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import shutil
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,23 +25,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
-from services.devtools.kafka_local import (
-    HOST,
-    KafkaStatus,
-    LocalKafka,
-    LocalKafkaError,
-    PortInUseError,
-    Quorum,
-    _locked,
-    default_port,
-    free_port,
-    kafka_home,
-    new_cluster_id,
-    port_in_use,
-)
+from services.devtools.broker_dir import Quorum, new_cluster_id
+from services.devtools.jars import kafka_home
+from services.devtools.kafka_errors import HOST, LocalKafkaError, PortInUseError
+from services.devtools.kafka_local import KafkaStatus, LocalKafka
+from services.devtools.ports import default_port, free_port, port_in_use
+from services.devtools.processes import locked
+from services.devtools.readiness import wait_brokers
 
 CLUSTER_FILE = "cluster.json"
 MAX_REPLICATION = 3
@@ -143,7 +131,7 @@ class LocalCluster:
 
     def start(self, timeout: float = 90.0) -> list[KafkaStatus]:
         """Start every node that does not run and wait until all serve and see each other."""
-        with _locked(self.data_dir):
+        with locked(self.data_dir):
             layout = self.layout
             self.layout_file.write_text(layout.to_json())
             for node_id in self.node_ids():
@@ -238,92 +226,4 @@ def _quorum_state(node_dir: Path) -> dict[str, Any]:
     return {}
 
 
-async def wait_brokers(bootstrap: str, count: int, budget: float) -> None:
-    """Wait until the cluster's metadata lists ``count`` brokers."""
-    deadline = time.monotonic() + budget
-    seen = 0
-    while time.monotonic() < deadline:
-        # The cluster's own PLAINTEXT listener, before any settings exist (as kafka_local's probe).
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        try:
-            await admin.start()
-            seen = len((await admin.describe_cluster()).get("brokers") or [])
-            if seen >= count:
-                return
-        except (TimeoutError, KafkaError, OSError):
-            pass
-        finally:
-            await admin.close()
-        await asyncio.sleep(0.5)
-    raise LocalKafkaError(f"the cluster at {bootstrap} lists {seen} of {count} brokers after {budget:g} s")
-
-
-# ---------------------------------------------------------------- command line (kafka_local.kafka_cli)
-
-
-def cluster_cli(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    """``kafka start|stop|status|reset`` on a cluster data dir. 0 ok, 3 not (fully) running."""
-    actions: dict[str, Callable[[LocalCluster, argparse.Namespace], int]] = {
-        "start": _start, "stop": _stop, "status": _status, "reset": _reset}
-    return actions[args.kafka_action](cluster, args)
-
-
-def _describe(cluster: LocalCluster, statuses: list[KafkaStatus]) -> str:
-    pids = ", ".join(str(s.pid) if s.running else "-" for s in statuses)
-    return f"{cluster.bootstrap} (pids {pids}, data {cluster.data_dir})"
-
-
-def _print_env(cluster: LocalCluster) -> None:
-    layout = cluster.layout
-    print("connect the pipeline with:")
-    print(f"  AKECE_KAFKA_BOOTSTRAP_SERVERS={layout.bootstrap}")
-    print(f"  AKECE_KAFKA_REPLICATION_FACTOR={layout.replication}")
-    print(f"  AKECE_KAFKA_MIN_INSYNC_REPLICAS={layout.min_isr}")
-
-
-def _start(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    if args.secure:
-        raise LocalKafkaError("--secure serves a single node only: start the cluster without it")
-    if args.controller_port is not None:
-        raise LocalKafkaError("--controller-port applies to a single node: a cluster picks free controller ports")
-    if args.port is not None and not cluster.layout_file.exists():
-        cluster.first_port = args.port
-    before = cluster.status()
-    if all(s.running for s in before):
-        print(f"kafka cluster already running on {_describe(cluster, before)}")
-        _print_env(cluster)
-        return 0
-    began = time.monotonic()
-    statuses = cluster.start(timeout=max(args.timeout, 90.0))
-    print(f"kafka cluster of {len(statuses)} nodes running on {_describe(cluster, statuses)}, "
-          f"started in {time.monotonic() - began:.1f} s")
-    _print_env(cluster)
-    return 0
-
-
-def _stop(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    stopped = cluster.stop(grace=args.grace)
-    word = "stopped" if stopped else "was not running"
-    print(f"kafka cluster {word} ({cluster.layout.nodes} nodes, data {cluster.data_dir})")
-    return 0
-
-
-def _status(cluster: LocalCluster, _: argparse.Namespace) -> int:
-    statuses = cluster.status()
-    running = sum(s.running for s in statuses)
-    state = "running" if running == len(statuses) else "stopped" if not running else "degraded"
-    print(f"kafka cluster {state}: {running} of {len(statuses)} nodes on {_describe(cluster, statuses)}")
-    for node_id, status in zip(cluster.node_ids(), statuses, strict=True):
-        print(f"  node {node_id}: {'running' if status.running else 'stopped'} "
-              f"{HOST}:{cluster.layout.ports[node_id - 1]} (controller {cluster.layout.controller_ports[node_id - 1]})")
-    return 0 if state == "running" else 3
-
-
-def _reset(cluster: LocalCluster, _: argparse.Namespace) -> int:
-    existed = cluster.data_dir.exists()
-    cluster.reset()
-    print(f"kafka data {'wiped' if existed else 'already absent'} ({cluster.data_dir})")
-    return 0
-
-
-__all__ = ["CLUSTER_FILE", "ClusterLayout", "LocalCluster", "cluster_cli", "is_cluster", "wait_brokers"]
+__all__ = ["CLUSTER_FILE", "ClusterLayout", "LocalCluster", "is_cluster"]

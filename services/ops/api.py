@@ -51,7 +51,8 @@ from services.shared.digits import ascii_int
 from services.shared.errors import AkeceError, ValidationError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import Webhook
 
 log = logs.get("replay.api")
 

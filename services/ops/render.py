@@ -18,7 +18,7 @@ from services.replay.plans import Plan, Summary
 from services.replay.progress import duration
 from services.shared import output
 from services.shared.output import styled, table
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 DLQ_COLUMNS = ("time", "account", "webhook", "event", "reason", "attempts", "last status/error")
 

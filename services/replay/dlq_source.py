@@ -23,7 +23,8 @@ from services.replay.plans import Confirm, Options, ProgressFactory, Send, Skip,
 from services.replay.runs import Kind
 from services.replay.window import Window
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, Webhook
+from services.shared.subscriptions import SubscriptionStore
+from services.shared.webhooks import Webhook
 
 STORY_HEADERS = (h.FIRST_ATTEMPT_AT, h.LAST_ATTEMPT_AT, h.DUE_AT, h.LAST_STATUS, h.LAST_ERROR,
                  h.LAST_ERROR_CLASS, h.LAST_RESPONSE, h.DLQ_REASON, h.DLQ_AT, h.ATTEMPTS, h.REPLAY_ID,

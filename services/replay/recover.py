@@ -24,7 +24,8 @@ from services.replay.runs import Kind
 from services.replay.window import Window
 from services.router.core import IncomingEvent, Invalid, RoutePolicy, route
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, Webhook
+from services.shared.subscriptions import SubscriptionStore
+from services.shared.webhooks import Webhook
 
 _CE = (h.CE_ID, h.CE_TYPE, h.CE_ACCOUNT_ID, h.CE_TIME)
 
