@@ -34,7 +34,8 @@ from services.devtools.kafka_local import KafkaStatus, LocalKafka
 from services.devtools.ports import free_port
 from services.publisher.publisher import Publisher
 from services.shared.errors import KafkaUnavailableError
-from services.shared.settings import KafkaSettings, Settings
+from services.shared.settings import Settings
+from services.shared.settings_kafka import KafkaSettings
 from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

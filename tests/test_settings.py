@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.contract.topics import Topics, format_delay, topic_specs
-from services.shared.settings import Settings, render_readme
+from services.shared.settings import Settings
+from services.shared.settings_table import render_readme
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -56,7 +56,8 @@ async def wait_serving(bootstrap: str, port: int, exit_code: Callable[[], int | 
 async def secured_serve(files: secure.SecureFiles, sasl_port: int, mtls_port: int) -> None:
     """Describe the cluster through each secured listener with the pipeline's own client settings."""
     from services.shared import kafka
-    from services.shared.settings import KafkaSettings, Settings
+    from services.shared.settings import Settings
+    from services.shared.settings_kafka import KafkaSettings
 
     for env in secure.client_env(files, sasl_port, mtls_port).values():
         fields = {name.removeprefix("AKECE_KAFKA_").lower(): value for name, value in env.items()}

@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed, Unsu
 from aiokafka.helpers import create_ssl_context
 
 from services.shared.errors import ConfigError
-from services.shared.settings import KafkaSettings
+from services.shared.settings_kafka import KafkaSettings
 
 ENV = "AKECE_KAFKA_"
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
