@@ -27,10 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.broker_link import BrokerLink
 from services.shared.cli import global_argv, load_settings
 from services.shared.exits import Exit
 from services.shared.metrics import Metrics, ProcessMetrics
-from services.shared.outage import BrokerLink, RidesOut
+from services.shared.rides_out import RidesOut
 from services.shared.runtime import Supervisor, Worker, run_async
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable

@@ -12,8 +12,10 @@ from typing import Any, cast
 
 import pytest
 
+from services.shared.broker_link import BrokerLink
 from services.shared.errors import BrokerUnreachableError, KafkaUnavailableError
-from services.shared.outage import Backoff, BrokerLink, KafkaUnavailableExit, RidesOut
+from services.shared.outage import Backoff, KafkaUnavailableExit
+from services.shared.rides_out import RidesOut
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 from tests.log_capture import captured_logs
