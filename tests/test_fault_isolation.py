@@ -26,7 +26,7 @@ from services.contract import headers as h
 from services.contract.dead_letters import DeadLetter, DlqFilter
 from services.contract.topics import Topics
 from services.ops.api import REPLAY_ROUTES
-from services.replay import engine as engine_mod
+from services.replay import planner
 from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine
 from services.replay.plans import Options, Send, Skip
@@ -162,7 +162,7 @@ async def test_an_unexpected_error_on_one_record_skips_that_record_only(settings
             plan = await engine.plan(Window.parse("1h", None))
             summary = await engine.execute(plan)
     assert summary.status == "done" and summary.enqueued == 4
-    assert plan.skipped == Counter({engine_mod.INTERNAL_ERROR: 1})
+    assert plan.skipped == Counter({planner.INTERNAL_ERROR: 1})
     assert internal_errors(metrics, "replay") == 1
     [failed] = logs.events("replay.record_failed")
     assert (failed["error"], failed["error_class"]) == ("KeyError", "internal")

@@ -19,7 +19,7 @@ from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.replay.plans import Options, Summary
 from services.replay.recover import EventsSource, recover
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.router.core import IncomingEvent, route
 from services.shared import kafka
@@ -94,7 +94,7 @@ async def test_recover_redelivers_exactly_the_subscribed_events_of_the_window(se
             assert values[h.EVENT_TYPE] == event.event_type and values[h.EVENT_TIME] == event.time
             assert values[h.RECOVER_ID] == summary.plan.run_id and h.REPLAY_ID not in values
 
-        [run] = (await Ledger.load(settings)).runs.values()
+        [run] = (await RunBook.load(settings)).runs.values()
         assert run.kind == "recover" and run.status == "done" and run.filters["webhook"] == hook.id
 
         again = await _recover(store, hook, "150m", "30m")

@@ -36,7 +36,7 @@ from services.replay.dlq_source import replay, replay_headers
 from services.replay.plans import Options, Summary
 from services.replay.progress import Progress
 from services.replay.ratelimit import TokenBucket
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -122,7 +122,7 @@ async def test_dry_run_once_refused_force_and_enable(settings: Settings, topics:
         assert dry.plan.skipped_webhooks == {102: "webhook_disabled", 103: "webhook_deleted"}
         assert len(dry.plan.sample) == 5 and dry.plan.stats.records == 12  # the window only
         assert await read_all(settings, topics.deliveries) == []
-        assert (await Ledger.load(settings)).runs == {}
+        assert (await RunBook.load(settings)).runs == {}
 
         first = await run(store, account_1)
         assert first.status == "done" and first.enqueued == 5
@@ -136,7 +136,7 @@ async def test_dry_run_once_refused_force_and_enable(settings: Settings, topics:
             assert values[h.ATTEMPT] == "1" and values[h.REPLAY_ID] == first.plan.run_id
             assert h.DLQ_REASON not in values and h.ATTEMPTS not in values
 
-        ledger_run = (await Ledger.load(settings)).runs[first.plan.run_id]
+        ledger_run = (await RunBook.load(settings)).runs[first.plan.run_id]
         assert ledger_run.status == "done" and ledger_run.user == "tester" and ledger_run.enqueued == 5
         assert ledger_run.filters == account_1.to_json() and ledger_run.finished_at
         assert ledger_run.checkpoint == {p: end for p, (_, end) in ledger_run.ranges.items()}
@@ -354,7 +354,7 @@ async def test_an_interrupted_forced_run_resumes_as_forced(settings: Settings, t
         await produce_dead_letters(store.producer, topics.dlq, [DeadSpec(101, 1, now - 60 + i, conversation=i)
                                                                   for i in range(5)])
         first = await run(store, DlqFilter())
-        done = (await Ledger.load(settings)).runs[first.plan.run_id]
+        done = (await RunBook.load(settings)).runs[first.plan.run_id]
         crashed = done.model_copy(update={  # as a `--force` run killed before its first checkpoint leaves it
             "id": ledger.run_id("replay", done.filters, done.ranges, 1), "generation": 1, "status": "running",
             "force": True, "pid": 2**22 + 1, "enqueued": 0, "finished_at": None,

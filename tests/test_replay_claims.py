@@ -37,7 +37,7 @@ from services.replay import runs as ledger
 from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine
 from services.replay.plans import Options, Plan, ReplayRefusedError, Summary
-from services.replay.runs import Claim, Ledger, Run
+from services.replay.runs import Claim, Run, RunBook
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -109,7 +109,7 @@ async def test_two_identical_replays_planned_at_once_send_each_record_once(setti
 
         await s.until_idle()
         await _exactly_once_at(receiver, "/twice", specs)
-        book = await Ledger.load(settings)
+        book = await RunBook.load(settings)
         assert book.runs[done.plan.run_id].status == "done" and book.claims == {}  # both claims released
         assert book.runs[done.plan.run_id].claim is not None
 
@@ -177,7 +177,7 @@ async def test_two_cli_replays_confirmed_together_race_on_the_claim(settings: Se
             planned = await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(_until_prompt, p)
                                                               for p in processes)), 60)
             assert all(b"to re-enqueue: 25" in out for out in planned), planned
-            assert (await Ledger.load(settings)).runs == {}  # neither has recorded anything yet
+            assert (await RunBook.load(settings)).runs == {}  # neither has recorded anything yet
             for master, _ in terminals:
                 os.write(master, b"y\n")
             outcomes = await asyncio.gather(*(asyncio.to_thread(p.communicate, timeout=60) for p in processes))
@@ -249,7 +249,7 @@ async def test_a_slow_run_heartbeats_while_nothing_is_sent(settings: Settings, t
         task = asyncio.create_task(slow.execute(plan))
         try:
             async def running() -> Run | None:
-                run = (await Ledger.load(settings)).get(plan.run_id)
+                run = (await RunBook.load(settings)).get(plan.run_id)
                 return run if run is not None and run.status == "running" else None
 
             first: Run = await _until(running)
@@ -269,7 +269,7 @@ async def test_a_slow_run_heartbeats_while_nothing_is_sent(settings: Settings, t
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        book = await Ledger.load(settings)
+        book = await RunBook.load(settings)
         assert book.runs[plan.run_id].status == "interrupted" and book.claims == {}
 
 

@@ -19,7 +19,7 @@ import orjson
 from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.contract import headers as h
 from services.contract.topics import Topics
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Window, offset_ranges, read_ranges, reader
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -68,7 +68,7 @@ async def test_killed_replay_resumes_without_sending_twice(settings: Settings, t
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
-    [killed] = (await Ledger.load(settings)).runs.values()
+    [killed] = (await RunBook.load(settings)).runs.values()
     on_topic = sum((await _replayed(settings, topics.deliveries)).values())
     assert killed.status == "running" and 0 < on_topic < RECORDS
     assert on_topic > killed.enqueued  # the kill left records acknowledged but not checkpointed
@@ -84,7 +84,7 @@ async def test_killed_replay_resumes_without_sending_twice(settings: Settings, t
     replayed = await _replayed(settings, topics.deliveries)
     assert set(replayed) == {s.delivery_id for s in specs}
     assert max(replayed.values()) == 1  # nothing re-enqueued twice
-    [done] = (await Ledger.load(settings)).runs.values()
+    [done] = (await RunBook.load(settings)).runs.values()
     assert done.status == "done" and done.enqueued == RECORDS
 
 
@@ -95,7 +95,7 @@ async def test_interrupted_replay_is_recorded_and_resumed(settings: Settings, to
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=30)
     assert first.returncode == 130
-    [interrupted] = (await Ledger.load(settings)).runs.values()
+    [interrupted] = (await RunBook.load(settings)).runs.values()
     assert interrupted.status == "interrupted"
     assert interrupted.enqueued == sum((await _replayed(settings, topics.deliveries)).values())
 

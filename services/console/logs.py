@@ -199,7 +199,7 @@ async def replay(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 async def replay_state(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     replay_id = request.match_info["replay_id"]
     answer = await ctx.api.get(f"{ctx.webhook_path}/replays/{replay_id}")
-    if answer.status == 404 and replay_id.startswith(("rp_", "rc_")):  # claimed; its first ledger write is coming
+    if answer.status == 404 and replay_id.startswith(("rp_", "rc_")):  # claimed; its first run record is coming
         answer = Answer(200, {"payload": {"id": replay_id, "status": "starting"}}, {})
     run = check(answer).payload
     finished = run.get("status") not in ("running", "starting")

@@ -11,9 +11,9 @@ adds, under ``/api/v1/accounts/{account_id}/webhooks/{id}``:
   the count and the replay id (it runs in the background); 200 for a dry run or nothing to do;
   409 when everything matching was already replayed (``force`` to send again) or a run over an
   overlapping range is active: in this process or another, even one started at the same moment
-  (the run's claim in the ledger is won before the 202; the 409 names the run that won).
+  (the run's claim in the replays topic is won before the 202; the 409 names the run that won).
 - ``POST .../recover`` body ``{since, until, dry_run, rate, force, enable}``: the same for recover.
-- ``GET .../replays/{replay_id}``: a run's state from the ledger (this webhook's runs only).
+- ``GET .../replays/{replay_id}``: a run's state from the replays topic (this webhook's runs only).
 
 Auth: the caller's ``Principal`` set by the admin app's middleware, or (mounted elsewhere) the
 token of the request checked by ``services.shared.auth``. A caller who may not act on the account,
@@ -42,7 +42,7 @@ from services.replay.dlq_source import DlqSource
 from services.replay.engine import Engine
 from services.replay.plans import Options, Plan, ReplayRefusedError, Source
 from services.replay.recover import EventsSource
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Window, reader
 from services.shared import kafka
 from services.shared import logging as logs
@@ -191,7 +191,7 @@ class ReplayRoutes:
                                   "window": window.describe()}})
 
     async def run_state(self, request: web.Request, webhook: Webhook) -> web.Response:
-        run = (await Ledger.load(self.settings)).get(request.match_info["replay_id"])
+        run = (await RunBook.load(self.settings)).get(request.match_info["replay_id"])
         if run is None or webhook.id not in _webhooks_of(run.filters):
             raise _not_found()
         return _json({"payload": run.model_dump(mode="json", exclude={"pid", "host"})})
@@ -247,7 +247,7 @@ class ReplayRoutes:
         try:
             summary = await engine.execute(plan)
             log.info("replay.api_done", run_id=plan.run_id, enqueued=summary.enqueued)
-        except (AkeceError, KafkaError, OSError, TimeoutError) as exc:  # recorded as failed in the ledger
+        except (AkeceError, KafkaError, OSError, TimeoutError) as exc:  # recorded as failed in the replays topic
             log.error("replay.api_failed", run_id=plan.run_id, error=str(exc)[:300])  # (or refused): resumable
         except Exception as exc:  # a bug: this run's failure (recorded as failed, resumable), not the process's
             log.error("replay.api_failed", run_id=plan.run_id, error_class="internal", error=type(exc).__name__)

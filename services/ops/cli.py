@@ -26,7 +26,7 @@ from services.replay.dlq_source import replay
 from services.replay.plans import Options, Plan, ReplayRefusedError, Summary
 from services.replay.progress import Progress
 from services.replay.recover import recover
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Window, reader
 from services.shared import kafka, output
 from services.shared.cli import one_shot
@@ -161,7 +161,7 @@ async def show_command(args: argparse.Namespace, settings: Settings) -> int:
                                                           since_ms=int(since * 1000))
     async with caught_up_table(settings, timeout=TABLE_READY_S) as table:
         webhook = table.get(dead.webhook_id) if dead.webhook_id is not None else None
-    book = await Ledger.load(settings)
+    book = await RunBook.load(settings)
     replays = [r.id for r in book.of_kind("replay") if r.covers(dead.partition, dead.offset)
                and DlqFilter.from_json(r.filters).matches(dead) and dead.webhook_id not in r.skipped_webhooks]
     if args.json:

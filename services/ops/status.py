@@ -7,7 +7,7 @@
   offset within a tier, so that record is the oldest).
 - Dead letters by reason over the last hour and day (by offsets for times; reasons are read from
   the records when the day holds at most ``max_scan`` of them, else only the hour's, else totals).
-- Disabled webhooks and why (subscription table); replays not finished (ledger).
+- Disabled webhooks and why (subscription table); replays not finished (the run book).
 - Open circuits: each lives in one delivery worker's memory; the screen shows them as the attempt log
   does across all workers (``services.ops.circuits``), and each worker's ``akece_webhooks_circuits_open``.
 """
@@ -30,7 +30,7 @@ from services.contract import headers as h
 from services.contract.times import epoch, iso
 from services.contract.topics import Topics, format_delay
 from services.ops.circuits import CircuitScan, open_circuits
-from services.replay.runs import Ledger
+from services.replay.runs import RunBook
 from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
 from services.shared import kafka
 from services.shared.output import heading, styled, table
@@ -84,7 +84,7 @@ async def collect(settings: Settings, table_: SubscriptionTable | None, *, max_s
     if table_ is not None:
         report.disabled = [{"id": w.id, "account_id": w.account_id, "reason": w.disabled_reason,
                             "since": w.updated_at, "url": w.url} for w in table_.all() if not w.enabled]
-    book = await Ledger.load(settings)
+    book = await RunBook.load(settings)
     report.replays = [{"id": r.id, "kind": r.kind, "status": r.status, "user": r.user, "started_at": r.started_at,
                        "progress": f"{r.enqueued}/{r.total}"} for r in book.runs.values() if not r.finished]
     return report

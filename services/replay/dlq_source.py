@@ -4,7 +4,7 @@ Each matching dead letter is re-enqueued with its original key, body and deliver
 deduplicate on it), attempt 1, and ``akece_replay_id`` naming the replay; the story headers of the
 failure are dropped. The worker looks up the webhook's current URL and secret when it delivers. A
 dead letter whose webhook is deleted is skipped; one whose webhook is disabled is skipped unless
-``enable`` re-enables the webhook first. Planning, the ledger and the once-only guarantee are the
+``enable`` re-enables the webhook first. Planning, the run book and the once-only guarantee are the
 engine's (``services.replay.engine``).
 """
 

@@ -12,7 +12,7 @@ whether it is inside the run's filters and what goes back on the deliveries topi
    and origin, which a crash that forked a retry chain dead-letters twice); *done* by this very run
    before an interruption; or *to send*. Only the offsets to send are kept (8 bytes each).
 2. **Confirms** (the caller's callback; not for dry runs), re-enables webhooks for ``--enable``, and
-   records the run as running in the ledger.
+   records the run as running in the replays topic.
 3. **Sends.** It reads the range again from the checkpoint and produces every selected record to the
    deliveries topic with attempt 1, the original key, body and delivery id, and a header naming the
    run, through a token bucket (``--rate``). Every ``checkpoint_every`` records or
@@ -28,8 +28,8 @@ records as done. (The one case this does not cover: a produce request that was o
 the process died and that the broker appends only after the resume has scanned, seconds later.)
 
 **One at a time.** Two processes (or two API calls) can plan the same run at once. Before sending,
-``execute`` (or the API, before answering 202) writes a claim to the ledger (``Engine.claim``) and
-reads the claims written since its plan's ledger snapshot: an earlier competing claim (same kind,
+``execute`` (or the API, before answering 202) writes a claim to the replays topic (``Engine.claim``) and
+reads the claims written since its plan's run book (``runs.RunBook``): an earlier competing claim (same kind,
 overlapping range) wins, and this run is refused naming it, so only one of them sends. While it
 sends, a timer rewrites the run record every ``heartbeat_s`` (a ``--rate`` slower than one record
 per heartbeat is not mistaken for a dead run); the record says after how long silence it is dead.
@@ -40,35 +40,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from array import array
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 
-from services.contract import headers as h
 from services.contract.times import now_iso
-from services.contract.topics import Topics
 from services.replay import runs
-from services.replay.plans import (
-    Confirm,
-    Options,
-    Plan,
-    ProgressFactory,
-    ReplayRefusedError,
-    Send,
-    Skip,
-    Source,
-    Summary,
-)
-from services.replay.runs import CLAIM_PARTITION, Claim, Ledger, Run, host_name, overlaps, run_id
-from services.replay.sending import ABANDON_S, RunSender
-from services.replay.window import Ranges, Window, offset_ranges, read_ranges, reader, topic_ends
-from services.shared import kafka
+from services.replay.claims import Claimant
+from services.replay.planner import Planner
+from services.replay.plans import Confirm, Options, Plan, ProgressFactory, Send, Skip, Source, Summary
+from services.replay.runs import Claim, Run, host_name
+from services.replay.sending import RunSender
+from services.replay.window import Window
 from services.shared import logging as logs
-from services.shared.errors import AkeceError, ConfigError
+from services.shared.errors import ConfigError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore
@@ -76,213 +61,41 @@ from services.shared.subscriptions import SubscriptionStore
 log = logs.get("replay")
 
 T = TypeVar("T")
-INTERNAL_ERROR = "internal_error"  # the skip reason of a record whose handling raised unexpectedly
 
 
 class Engine(Generic[T]):
+    """Runs one replay or recover over ``source``: its ``Planner`` plans, its ``Claimant`` claims,
+    ``execute`` records the run and sends it (``sending.RunSender``) to the end."""
+
     def __init__(self, settings: Settings, source: Source[T], *, producer: AIOKafkaProducer, options: Options,
                  store: SubscriptionStore | None = None, progress: ProgressFactory | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.source = source
-        self.metrics = metrics
         self.producer = producer
-        self.options = options
         self.store = store
         self.progress = progress
-        self.deliveries = Topics.from_settings(settings).deliveries
+        self.planner = Planner(settings, source, options, metrics=metrics)
+        self.claims = Claimant(settings, producer, source.kind, options)
+        self.deliveries = self.planner.deliveries
 
-    # --- planning --------------------------------------------------------------------------------
+    @property
+    def options(self) -> Options:
+        """The run's options: the caller's, with a resumed run's ``force``/``enable`` once planned."""
+        return self.planner.options
+
     async def plan(self, window: Window) -> Plan:
-        async with kafka.started(reader(self.settings)) as consumer:
-            ranges = await offset_ranges(consumer, self.source.topic, window)
-            book = await Ledger.load(self.settings)
-            plan = self._identify(book, ranges, window.describe())
-            plan.claims_from = book.ends.get(CLAIM_PARTITION, 0)
-            self._unclaimed(book, plan)
-            if plan.resumed is not None:  # a resumed run keeps the flags it started with
-                self.options = replace(self.options, force=self.options.force or plan.resumed.force,
-                                       enable=self.options.enable or plan.resumed.enable)
-            priors = self._priors(book, plan)
-            unfinished = [r for r in (plan.resumed, *priors) if r is not None and not r.finished]
-            tails = await enqueued_by(consumer, self.deliveries, self.source.id_header, unfinished)
-            plan.deliveries_ends = {tp.partition: end for tp, end in
-                                    (await topic_ends(consumer, self.deliveries)).items()}
-            await self._scan(consumer, plan, priors, tails)
+        plan = await self.planner.plan(window)
+        self.claims.options = self.options
         return plan
 
-    def _identify(self, book: Ledger, ranges: Ranges, window: dict[str, str | None]) -> Plan:
-        """This command's run: an unfinished one to resume, or the first generation not yet done."""
-        now, host, kind, filters = time.time(), host_name(), self.source.kind, self.source.filters
-        generation = 0
-        while (run := book.get(run_id(kind, filters, ranges, generation))) is not None:
-            if not run.finished:
-                return self._resume(run, now, host)
-            generation += 1
-        same = [r for r in book.of_kind(kind)
-                if not r.finished and r.filters == filters and overlaps(r.ranges, ranges)]
-        if same:
-            plan = self._resume(max(same, key=lambda r: r.started_at), now, host)
-            plan.notice = (f"{plan.notice}; it covers an overlapping window, not exactly this one: run the "
-                           "command again afterwards for records outside it")
-            return plan
-        return Plan(run_id(kind, filters, ranges, generation), generation, ranges, window)
-
-    def _resume(self, run: Run, now: float, host: str) -> Plan:
-        if run.live(now, host):
-            raise ReplayRefusedError(f"{run.kind} {run.id} is running now ({run.user}@{run.host} pid {run.pid}, "
-                                     f"last checkpoint {now - run.heartbeat:.0f}s ago)")
-        return Plan(run.id, run.generation, dict(run.ranges), run.window, resumed=run,
-                    notice=f"resuming {run.kind} {run.id} ({run.status}, started {run.started_at} by {run.user}, "
-                           f"{run.enqueued} of {run.total} re-enqueued)")
-
-    def _priors(self, book: Ledger, plan: Plan) -> list[Run]:
-        priors = [r for r in book.of_kind(self.source.kind) if r.id != plan.run_id and overlaps(r.ranges, plan.ranges)]
-        now, host = time.time(), host_name()
-        for run in priors:
-            if run.live(now, host):
-                raise ReplayRefusedError(f"{run.kind} {run.id} over an overlapping range is running now "
-                                         f"({run.user}@{run.host} pid {run.pid}): wait for it to finish")
-        return priors
-
-    def _unclaimed(self, book: Ledger, plan: Plan) -> None:
-        """Refuse when another process has claimed an overlapping run and not recorded it yet."""
-        now = time.time()
-        for claim in book.live_claims(self.source.kind, now, host_name()):
-            if overlaps(claim.ranges, plan.ranges):
-                raise ReplayRefusedError(_claimed_message(claim, now))
-
-    async def _scan(self, consumer: AIOKafkaConsumer, plan: Plan, priors: Sequence[Run],
-                    tails: Mapping[str, set[str]]) -> None:
-        resumed = plan.resumed
-        checkpoint = resumed.checkpoint if resumed else {}
-        own_tail = tails.get(resumed.id, set()) if resumed else set()
-        last: dict[str, tuple[int, int]] = {}
-        replayed: dict[tuple[str, str | None], str] = {}  # (delivery id, origin) -> the run that covered it
-        candidates: list[tuple[int, int, str, int]] = []
-        samples: list[tuple[int, int, dict[str, Any]]] = []
-        async for records in read_ranges(consumer, self.source.topic, plan.ranges, plan.stats):
-            for record in records:
-                item, decision = self.decide(record)
-                if decision is None:
-                    continue
-                plan.matched += 1
-                if isinstance(decision, Skip):
-                    plan.skipped[decision.reason] += 1
-                    if decision.webhook_id is not None:
-                        plan.skipped_webhooks.setdefault(decision.webhook_id, decision.reason)
-                    continue
-                assert item is not None  # only a Skip comes without an item
-                where = (record.partition, record.offset)
-                last[decision.delivery_id] = where
-                if record.offset < checkpoint.get(where[0], 0):
-                    plan.done_before += 1
-                    continue
-                if decision.delivery_id in own_tail:  # re-enqueued after the last checkpoint
-                    plan.done_before += 1
-                    plan.tail_found += 1
-                    continue
-                covering = None if self.options.force else self._covering(priors, tails, where, item, decision)
-                copy = (decision.delivery_id, decision.origin)
-                if covering is None and not self.options.force:
-                    covering = replayed.get(copy)  # a copy of a record an earlier run re-enqueued
-                if covering is not None:
-                    replayed[copy] = covering
-                    plan.covered_by[covering] += 1
-                    continue
-                if decision.webhook_disabled:
-                    if not self.options.enable:
-                        plan.skipped["webhook_disabled"] += 1
-                        plan.skipped_webhooks.setdefault(decision.webhook_id, "webhook_disabled")
-                        continue
-                    plan.to_enable.add(decision.webhook_id)
-                candidates.append((*where, decision.delivery_id, decision.webhook_id))
-                if len(samples) < 4 * self.options.sample_size:
-                    samples.append((*where, self._describe(record, item)))
-        self._select(plan, candidates, last, samples)
-
     def decide(self, record: Any) -> tuple[T | None, Send | Skip | None]:
-        """The source's item and decision for one record. An unexpected error is that record's failure
-        (skipped as ``internal_error``, logged with its type, counted), never the run's."""
-        try:
-            item = self.source.parse(record)
-            return item, self.source.select(item)
-        except Exception as exc:
-            self._internal_error(record, exc)
-            return None, Skip(INTERNAL_ERROR)
+        """The source's item and decision for one record (``Planner.decide``): the sender's too."""
+        return self.planner.decide(record)
 
-    def _describe(self, record: Any, item: T) -> dict[str, Any]:
-        try:
-            return self.source.describe(item)
-        except Exception as exc:
-            self._internal_error(record, exc)
-            return {"partition": record.partition, "offset": record.offset}
-
-    def _internal_error(self, record: Any, exc: Exception) -> None:
-        log.error("replay.record_failed", topic=self.source.topic, partition=record.partition,
-                  offset=record.offset, error_class="internal", error=type(exc).__name__)
-        if self.metrics is not None:
-            self.metrics.internal_errors.labels(stage="replay").inc()
-
-    def _covering(self, priors: Sequence[Run], tails: Mapping[str, set[str]], where: tuple[int, int],
-                  item: T, decision: Send) -> str | None:
-        """The earlier run that already re-enqueued this record, if any."""
-        for run in priors:
-            if decision.webhook_id in run.skipped_webhooks or not run.in_range(*where):
-                continue
-            if ((run.covers(*where) or decision.delivery_id in tails.get(run.id, ()))
-                    and self.source.matches(run.filters, item)):
-                return run.id
-        return None
-
-    def _select(self, plan: Plan, candidates: list[tuple[int, int, str, int]], last: dict[str, tuple[int, int]],
-                samples: list[tuple[int, int, dict[str, Any]]]) -> None:
-        chosen: set[tuple[int, int]] = set()
-        for partition, offset, delivery, webhook in candidates:
-            if last[delivery] != (partition, offset):
-                plan.skipped["superseded"] += 1
-                continue
-            plan.selected.setdefault(partition, array("q")).append(offset)
-            plan.by_webhook[webhook] += 1
-            plan.total += 1
-            if len(chosen) < len(samples):
-                chosen.add((partition, offset))
-        plan.to_enable &= set(plan.by_webhook)
-        plan.sample = [d for p, o, d in samples if (p, o) in chosen][: self.options.sample_size]
-
-    # --- claiming ----------------------------------------------------------------------------------
     async def claim(self, plan: Plan) -> Claim:
-        """Win the right to run ``plan`` or raise ``ReplayRefusedError`` naming the run that was first.
-
-        Writes a claim to the ledger, then reads every claim written since the plan's ledger
-        snapshot up to it: one of the same kind over an overlapping range was written first (its
-        process planned at the same time and did not see this one either), so this claim is
-        released and refused. Idempotent per plan.
-        """
-        if plan.claim is not None:
-            return plan.claim
-        claim = Claim(run_id=plan.run_id, kind=self.source.kind, ranges=plan.ranges, user=self.options.user,
-                      host=host_name(), pid=os.getpid(), dead_after_s=self.options.dead_after_s)
-        offset = await runs.write_claim(self.producer, self.settings, claim)
-        try:
-            earlier = [c for _, c in await runs.claims_between(self.settings, plan.claims_from, offset)
-                       if claim.competes(c)]
-        except BaseException:
-            await self._release(claim)
-            raise
-        if earlier:
-            await self._release(claim)
-            log.warning(f"{claim.kind}.claim_lost", run_id=plan.run_id, winner=earlier[0].run_id)
-            raise ReplayRefusedError(_claimed_message(earlier[0], time.time()))
-        plan.claim = claim
-        return claim
-
-    async def _release(self, claim: Claim) -> None:
-        """Best effort: an unreleased claim stops counting once its run is recorded or it is stale."""
-        try:
-            await asyncio.wait_for(runs.release(self.producer, self.settings, claim.id), ABANDON_S)
-        except (AkeceError, KafkaError, OSError, TimeoutError, asyncio.CancelledError) as exc:
-            log.warning("replay.claim_release_failed", claim=claim.id, error=str(exc)[:200])
+        """Win the right to run ``plan`` or raise ``ReplayRefusedError`` (``Claimant.claim``)."""
+        return await self.claims.claim(plan)
 
     # --- running -----------------------------------------------------------------------------------
     async def execute(self, plan: Plan, *, confirm: Confirm | None = None) -> Summary:
@@ -296,7 +109,7 @@ class Engine(Generic[T]):
             return Summary(plan, "nothing_to_do")
         if confirm is not None and not await confirm(plan):
             if plan.claim is not None:
-                await self._release(plan.claim)
+                await self.claims.release(plan.claim)
             return Summary(plan, "aborted")
         claim = await self.claim(plan)
         try:
@@ -304,7 +117,7 @@ class Engine(Generic[T]):
             run = self._start_record(plan)
             await runs.write(self.producer, self.settings, run)
         except BaseException:
-            await self._release(claim)
+            await self.claims.release(claim)
             raise
         log.info(f"{run.kind}.started", run_id=run.id, total=plan.total, user=run.user, resumed=bool(plan.resumed))
         sender = RunSender(self, plan, run)
@@ -315,12 +128,12 @@ class Engine(Generic[T]):
             interrupted = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
             await sender.abandon("interrupted" if interrupted else "failed",
                                  None if interrupted else f"{type(exc).__name__}: {exc}"[:300])
-            await self._release(claim)
+            await self.claims.release(claim)
             raise
         try:
             await self._finish(run)
         finally:
-            await self._release(claim)
+            await self.claims.release(claim)
         log.info(f"{run.kind}.finished", run_id=run.id, enqueued=sender.enqueued, seconds=round(sender.seconds, 3))
         return Summary(plan, "done", sender.enqueued, sender.seconds, sender.vanished)
 
@@ -358,29 +171,4 @@ class Engine(Generic[T]):
         await runs.write(self.producer, self.settings, run)
 
 
-def _claimed_message(claim: Claim, now: float) -> str:
-    return (f"{claim.kind} {claim.run_id} over an overlapping range was started first by {claim.user}@{claim.host} "
-            f"pid {claim.pid} ({now - claim.at:.0f}s ago): wait for it to finish")
-
-
-async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs: Sequence[Run]) -> dict[str, set[str]]:
-    """Delivery ids on the deliveries topic carrying one of ``runs``' ids, written since their checkpoints."""
-    if not runs:
-        return {}
-    wanted = {run.id.encode(): run.id for run in runs}
-    found: dict[str, set[str]] = {run.id: set() for run in runs}
-    ends = await topic_ends(consumer, topic)
-    starts = await consumer.beginning_offsets(list(ends))
-    ranges: Ranges = {}
-    for tp, end in ends.items():
-        froms = [run.deliveries_from.get(tp.partition, starts[tp]) for run in runs]
-        ranges[tp.partition] = (max(starts[tp], min(froms)), end)
-    async for records in read_ranges(consumer, topic, ranges):
-        for record in records:
-            values = dict(record.headers or ())
-            owner = wanted.get(values.get(header) or b"")
-            if owner is not None:
-                found[owner].add((values.get(h.DELIVERY_ID) or b"").decode())
-    log.info("replay.resume_scan", runs=[r.id for r in runs], records=sum(e - s for s, e in ranges.values()),
-             found=sum(len(v) for v in found.values()))
-    return found
+__all__ = ["Engine"]

@@ -109,7 +109,7 @@ class Plan:
     stats: ReadStats = field(default_factory=ReadStats)
     notice: str | None = None
     claims_from: int = 0
-    """End offset of the claims partition in the plan's ledger snapshot: later claims were not seen."""
+    """End offset of the claims partition in the plan's run book: later claims were not seen."""
     claim: Claim | None = None
     """The claim this plan won (``Engine.claim``), once it did."""
 

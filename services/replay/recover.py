@@ -3,7 +3,7 @@
 For endpoints that were disabled or misconfigured, where nothing reached the DLQ: every event of
 the window that the webhook subscribes to (its account, one of its event types, published after
 the webhook was created) is routed to it again by the router's own core, so the delivery id, key
-and headers are the ones routing gave it the first time (plus ``akece_recover_id``). The ledger,
+and headers are the ones routing gave it the first time (plus ``akece_recover_id``). The run book,
 ``--force``, resume and rate limiting are the engine's, as for replay.
 """
 

@@ -1,4 +1,4 @@
-"""The replay ledger: one record per replay or recover run in the compacted replays topic.
+"""The run book: one record per replay or recover run in the compacted replays topic.
 
 Key = run id; value = the run's latest state (JSON): who and when, its filters and window, the
 source offset range it covers per partition, its status and its checkpoint (per partition, every
@@ -54,7 +54,7 @@ CLAIM_PARTITION = 0
 
 
 class Run(BaseModel):
-    """A replay (or recover) run as recorded in the ledger."""
+    """A replay (or recover) run as recorded in the replays topic."""
 
     id: str
     kind: Kind
@@ -173,8 +173,8 @@ def overlaps(a: Mapping[int, tuple[int, int]], b: Mapping[int, tuple[int, int]])
     return any(p in b and max(s, b[p][0]) < min(e, b[p][1]) for p, (s, e) in a.items())
 
 
-class Ledger:
-    """Every run recorded in the replays topic (latest state per id)."""
+class RunBook:
+    """Every run and claim recorded in the replays topic (latest state per id), as loaded at one moment."""
 
     def __init__(self, runs: Mapping[str, Run] | None = None, claims: Mapping[str, Claim] | None = None,
                  ends: Mapping[int, int] | None = None) -> None:
@@ -184,7 +184,7 @@ class Ledger:
         """Partition -> end offset when loaded: claims from there on were not seen."""
 
     @classmethod
-    async def load(cls, settings: Settings) -> Ledger:
+    async def load(cls, settings: Settings) -> RunBook:
         topic = Topics.from_settings(settings).replays
         runs: dict[str, Run] = {}
         claims: dict[str, Claim] = {}

@@ -107,7 +107,7 @@ class RunSender:
             self.progress.update(self.enqueued)
 
     async def _write(self) -> None:
-        """Write the run record; one write at a time, so the ledger never goes back to an older state."""
+        """Write the run record; one write at a time, so the run record never goes back to an older state."""
         async with self._writing:
             await runs.write(self.engine.producer, self.engine.settings, self.run)
             self.written_at = time.monotonic()
