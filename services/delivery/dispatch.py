@@ -79,7 +79,6 @@ class Dispatcher(Generic[J]):
         self._in_turns: set[int] = set()
         self._waiting: dict[int, int] = {}  # webhook -> its jobs submitted and not yet started
         self.running = 0
-        self.queued = 0
         self.closed = False
 
     def waiting(self, webhook_id: int) -> int:
@@ -103,7 +102,6 @@ class Dispatcher(Generic[J]):
         health.observe(ok, duration_s, self._clock())
 
     def submit(self, job: J) -> None:
-        self.queued += 1
         count = self._waiting[job.webhook_id] = self._waiting.get(job.webhook_id, 0) + 1
         if count == self._backlog:
             self._full_since[job.webhook_id] = self._clock()
@@ -166,7 +164,6 @@ class Dispatcher(Generic[J]):
             self._keys[key] = waiting or None
         self._turns = deque(w for w in self._turns if w in self._ready)
         self._in_turns = set(self._turns)
-        self.queued -= len(dropped)
         for job in dropped:
             self._unwait(job.webhook_id)
         for job in heads:
@@ -202,7 +199,6 @@ class Dispatcher(Generic[J]):
                 del self._ready[webhook]
             self._running[webhook] = self._running.get(webhook, 0) + 1
             self.running += 1
-            self.queued -= 1
             self._unwait(webhook)
             self._offer_turn(webhook)
             self._start(job)

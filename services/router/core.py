@@ -46,9 +46,6 @@ SCHEMA_INVALID = "schema_invalid"
 NO_ACCOUNT = "no_account"
 ACCOUNT_MISMATCH = "account_mismatch"
 INTERNAL = "internal"  # the router failed on this record in a way it did not foresee (a bug): kept, not lost
-REASONS = (MISSING_HEADER, BAD_HEADER, BAD_KEY, UNKNOWN_EVENT_TYPE, TOO_LARGE, NOT_JSON, SCHEMA_INVALID,
-           NO_ACCOUNT, ACCOUNT_MISMATCH, INTERNAL)
-"""Every ``akece_invalid_reason`` the router writes (a bounded metric label)."""
 
 SPECVERSION = "1.0"
 MAX_DETAIL_CHARS = 500
