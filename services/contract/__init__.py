@@ -7,5 +7,6 @@
 - ``dead_letters``: the dead-letter record read back (``DeadLetter``).
 - ``times``: how those records write and read times (ISO-8601 UTC, Unix seconds).
 
-It depends on no other package at run time: every stage and ``services.shared`` may import it.
+It imports no other package of ours (not even for types: ``topics.TopicSettings`` says what it reads of
+the settings): every stage and ``services.shared`` may import it.
 """

@@ -6,13 +6,39 @@ delay of the retry schedule, named by the delay (``akece.webhooks.retry.5s``, ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # read, never imported at run time: the contract depends on no other package
-    from services.shared.settings import Settings
+from typing import Protocol
 
 DAY_MS = 24 * 3600 * 1000
+
+
+class _RetrySettings(Protocol):
+    @property
+    def schedule(self) -> Sequence[float]: ...
+
+
+class _KafkaSettings(Protocol):
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def events_retention_ms(self) -> int: ...
+    @property
+    def dlq_retention_ms(self) -> int: ...
+    @property
+    def attempts_retention_ms(self) -> int: ...
+
+
+class TopicSettings(Protocol):
+    """What the topics read of the settings (``services.shared.settings.Settings`` fits): the contract
+    imports no other package, not even for its types."""
+
+    @property
+    def topic_prefix(self) -> str: ...
+    @property
+    def retry(self) -> _RetrySettings: ...
+    @property
+    def kafka(self) -> _KafkaSettings: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +68,7 @@ class Topics:
     retry_delays: tuple[float, ...]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Topics:
+    def from_settings(cls, settings: TopicSettings) -> Topics:
         return cls(settings.topic_prefix, tuple(dict.fromkeys(settings.retry.schedule)))
 
     @property
@@ -87,7 +113,7 @@ class Topics:
         return [self.deliveries, *self.retry_topics]
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
+def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
     topics = Topics.from_settings(settings)
     kafka = settings.kafka
     parts = kafka.partitions
