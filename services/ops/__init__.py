@@ -5,7 +5,8 @@
 - ``circuits``: which webhooks' circuits are open, read from the attempt log.
 - ``status``: the on-call screen (lag, retry tiers, DLQ, disabled webhooks, open circuits, runs).
 - ``render``: tables and texts of the above, and of replay plans.
-- ``api``: the HTTP routes for dead letters, attempts, replay and recover (mounted by the API).
+- ``api``: the HTTP routes for dead letters, attempts, replay and recover (mounted by the API);
+  ``api_requests``: what they read from a request and how they refuse one; ``api_runs``: starting runs.
 - ``cli``: ``akece-webhooks dlq list|show|replay``, ``recover``, ``status``.
 
 It reads through ``services.replay.window`` and starts runs of the engine (``services.replay``);

@@ -54,7 +54,7 @@ _WANTED = frozenset({h.CE_SPECVERSION, h.CE_ID, h.CE_SOURCE, h.CE_TYPE, h.CE_TIM
 
 
 class Subscriber(Protocol):
-    """What routing needs of a webhook (``services.shared.subscriptions.Webhook`` fits)."""
+    """What routing needs of a webhook (``services.shared.webhooks.Webhook`` fits)."""
 
     @property
     def id(self) -> int: ...
