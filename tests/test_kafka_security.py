@@ -242,7 +242,7 @@ def test_kafka_start_and_status_print_the_variables_of_each_secured_listener(bro
 def test_secure_start_refuses_storage_formatted_without_the_scram_user(tmp_path: Path) -> None:
     """Kafka adds SCRAM credentials only at the first format: a plain data dir cannot become secure."""
     plain = LocalKafka(tmp_path, secure=True)
-    cluster_id = plain._cluster_id()
+    cluster_id = plain.files.cluster_id()
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "meta.properties").write_text(f"cluster.id={cluster_id}\nnode.id=1\nversion=1\n")
     with pytest.raises(LocalKafkaError, match=r"formatted without the SCRAM user .*kafka reset"):
