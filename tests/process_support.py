@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from tests import test_examples_producers, test_examples_receivers
 from tests.conftest import make_settings
 from tests.test_alert_rules import github_anchor
