@@ -25,7 +25,7 @@ from bench.fixtures import cli_env
 from services import cli
 from services.contract.topics import Topics, topic_specs
 from services.devtools import cli as devtools_cli
-from services.devtools.kafka_local import free_port
+from services.devtools.ports import free_port
 from services.run import child_argv
 from services.shared.cli import GLOBAL_OPTIONS, load_settings
 from services.shared.exits import Exit
