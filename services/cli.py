@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services import __version__
 from services import demo as demo_cli
-from services import run as run_cli
+from services import run_commands as run_cli
 from services.admin import cli as admin_cli
 from services.devtools import cli as devtools_cli
 from services.ops import cli as ops_cli

@@ -26,7 +26,7 @@ from services import cli
 from services.contract.topics import Topics, topic_specs
 from services.devtools import cli as devtools_cli
 from services.devtools.ports import free_port
-from services.run import child_argv
+from services.run_commands import child_argv
 from services.shared.cli import GLOBAL_OPTIONS, load_settings
 from services.shared.exits import Exit
 from services.shared.settings import Settings
