@@ -320,7 +320,8 @@ async def test_an_error_while_concluding_is_the_records_failure(settings: Settin
 async def test_a_broker_away_while_concluding_is_ridden_out_not_the_records_failure(
         settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by the network-fault campaign (a 60 s black hole): aiokafka's ``send()`` raises ``KafkaTimeoutError``
-    when its buffer stays full because the broker is away. That is the broker's condition: the worker stops
+    when its buffer stays full because the broker is away (``send_batch()``, which writes the attempt log, the
+    same when its partition's queue does not drain). That is the broker's condition: the worker stops
     (to be run again once the broker answers) and the record is redone, never concluded as ``internal`` and
     dead-lettered although its receiver answered 200."""
     async with stack(settings) as s:
@@ -328,16 +329,24 @@ async def test_a_broker_away_while_concluding_is_ridden_out_not_the_records_fail
         await s.add(hook)
         item = delivery(hook)
         await produce(settings, [item])
-        real_send = AIOKafkaProducer.send
+        real_send, real_send_batch = AIOKafkaProducer.send, AIOKafkaProducer.send_batch
         refused: list[str] = []
 
-        async def send(producer: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+        def refuse(topic: str) -> None:
             if topic == s.topics.attempts and not refused:
                 refused.append(topic)
                 raise KafkaTimeoutError("the buffer stayed full: the broker is away")
+
+        async def send(producer: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+            refuse(topic)
             return await real_send(producer, topic, *args, **kwargs)
 
+        async def send_batch(producer: AIOKafkaProducer, batch: Any, topic: str, **kwargs: Any) -> Any:
+            refuse(topic)
+            return await real_send_batch(producer, batch, topic, **kwargs)
+
         monkeypatch.setattr(AIOKafkaProducer, "send", send)
+        monkeypatch.setattr(AIOKafkaProducer, "send_batch", send_batch)
         with captured_logs() as logs, pytest.raises(KafkaTimeoutError):
             async with asyncio.timeout(WAIT_S):
                 await s.worker().run(asyncio.Event())

@@ -26,6 +26,7 @@ from services.contract import headers as h
 from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.delivery import records
+from services.delivery.attempt_log import AttemptLog
 from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.http import HttpSender
@@ -77,6 +78,7 @@ class Attempts:
                                  settings.delivery.auto_disable_after_s)
         self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
         self._report = AttemptReport(metrics)
+        self._log = AttemptLog(self._topics.attempts, settings.kafka.send_timeout_s)
         self._synced_at = 0.0
         self._sync: asyncio.Future[None] | None = None
         self._sync_started = 0.0
@@ -86,6 +88,10 @@ class Attempts:
 
     def bind(self, producer: AIOKafkaProducer, sender: HttpSender, probe: Any) -> None:
         self._producer, self._sender, self._probe = producer, sender, probe
+        self._log.bind(producer)
+
+    def close(self) -> None:
+        self._log.close()
 
     # --- one delivery ------------------------------------------------------------------------
     async def deliver(self, job: Job) -> None:
@@ -228,8 +234,7 @@ class Attempts:
             meta, result, outcome=outcome(step), next_delay_s=retry.delay if retry else None,
             dlq_reason=dead.reason if dead else None, started_at=started_at,
             response_limit=self._settings.http.max_response_bytes)
-        acks = [await self._producer.send(self._topics.attempts, value=log_value,
-                                          key=str(meta.webhook_id).encode())]
+        acks: list[asyncio.Future[Any]] = [self._log.append(str(meta.webhook_id).encode(), log_value)]
         if retry is not None:
             headers = records.retry_headers(job.headers, meta, result, retry, started_at)
             acks.append(await self._producer.send(self._topics.retry(retry.tier), value=job.value,

@@ -178,6 +178,7 @@ class DeliveryWorker:
             if pending:
                 await asyncio.wait(pending)
             cancelled = len(pending)
+        self._attempts.close()
         if self._commits.bound:
             await self._commits.commit()
         log.info("delivery.drained", finished=len(running) - cancelled, cancelled=cancelled,
