@@ -26,7 +26,7 @@ from services.contract import headers as h
 from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.delivery import records
-from services.delivery.attempt_log import AttemptLog
+from services.delivery.attempt_log import AttemptLog, Window
 from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.http import HttpSender
@@ -43,7 +43,7 @@ from services.delivery.policy import (
     precheck,
 )
 from services.delivery.report import AttemptReport, outcome
-from services.delivery.signing import request_headers
+from services.delivery.signing import ActiveSecrets, request_headers
 from services.shared import kafka, urls
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
@@ -79,6 +79,7 @@ class Attempts:
         self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
         self._report = AttemptReport(metrics)
         self._log = AttemptLog(self._topics.attempts, settings.kafka.send_timeout_s)
+        self._signing = ActiveSecrets()
         self._synced_at = 0.0
         self._sync: asyncio.Future[None] | None = None
         self._sync_started = 0.0
@@ -154,7 +155,7 @@ class Attempts:
         assert self._sender is not None
         body = job.value
         headers = request_headers(delivery_id=job.meta.delivery_id, timestamp=int(started_at), body=body,
-                                  secrets=webhook.active_secrets(started_at),
+                                  secrets=self._signing.active(webhook, started_at),
                                   prefix=self._settings.http.header_prefix)
         return await self._sender.post(webhook.url, body, headers, connect_timeout_s=webhook.connect_timeout_s,
                                        total_timeout_s=webhook.total_timeout_s)
@@ -246,6 +247,10 @@ class Attempts:
         return acks
 
     async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> None:
+        if all(isinstance(ack, Window) for ack in acks):  # the attempt log bounds its own waits
+            for ack in acks:
+                await ack
+            return
         timeout = self._settings.kafka.send_timeout_s
         try:
             async with asyncio.timeout(timeout):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
@@ -30,6 +31,10 @@ MAX_RECORD_BYTES = 1024 * 1024  # the producer's max_request_size
 PARTITION_CACHE = 65536  # keys (webhooks) whose partition is remembered
 
 
+class Window(asyncio.Future[None]):
+    """The acknowledgement of one window of records: set, or failed, within the log's ``timeout_s``."""
+
+
 class AttemptLog:
     """``AttemptLog(topic, timeout_s)``; ``bind(producer)``, then ``append(key, value)`` -> acknowledgement."""
 
@@ -38,7 +43,7 @@ class AttemptLog:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[tuple[bytes, bytes, int]] = []
-        self._window: asyncio.Future[None] | None = None
+        self._window: Window | None = None
         self._opened_at = 0.0  # when the waiting window's first record came
         self._sender: asyncio.Task[None] | None = None
         self._partition_of: dict[bytes, int] = {}
@@ -47,7 +52,7 @@ class AttemptLog:
     def bind(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
 
-    def append(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+    def append(self, key: bytes, value: bytes) -> Window:
         """Queue one record; the future of its acknowledgement."""
         if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) > MAX_RECORD_BYTES:
             raise MessageSizeTooLargeError(f"attempt record of {len(value)} bytes is over {MAX_RECORD_BYTES}")
@@ -55,7 +60,7 @@ class AttemptLog:
         window = self._window
         if window is None:
             loop = asyncio.get_running_loop()
-            window = self._window = loop.create_future()
+            window = self._window = Window(loop=loop)
             self._opened_at = time.monotonic()
             if self._sender is None:
                 self._sender = loop.create_task(self._send_windows())
@@ -81,7 +86,7 @@ class AttemptLog:
         finally:
             self._sender = None
 
-    async def _send(self, records: list[tuple[bytes, bytes, int]], window: asyncio.Future[None]) -> None:
+    async def _send(self, records: list[tuple[bytes, bytes, int]], window: Window) -> None:
         assert self._producer is not None
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -102,21 +107,21 @@ class AttemptLog:
         if not window.cancelled():
             window.exception()  # retrieved here: its attempts may have been cancelled meanwhile
 
-    def _batches(self, records: list[tuple[bytes, bytes, int]], partitions: list[int]) -> list[tuple[int, object]]:
+    def _batches(self, records: list[tuple[bytes, bytes, int]], partitions: list[int]) -> list[tuple[int, Any]]:
         """The records as batches, each for the partition the producer would choose for its key."""
         assert self._producer is not None
         if partitions != self._partitions or len(self._partition_of) >= PARTITION_CACHE:
             self._partitions = partitions
             self._partition_of.clear()
-        open_: dict[int, object] = {}
-        batches: list[tuple[int, object]] = []
+        open_: dict[int, Any] = {}  # partition -> its batch being filled (aiokafka's BatchBuilder)
+        batches: list[tuple[int, Any]] = []
         for key, value, timestamp in records:
             partition = self._partition_of.get(key)
             if partition is None:
                 partition = self._partition_of[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             batch = open_.get(partition)
-            if batch is None or batch.append(timestamp=timestamp, key=key, value=value) is None:  # type: ignore[attr-defined]
+            if batch is None or batch.append(timestamp=timestamp, key=key, value=value) is None:  # none, or full
                 batch = open_[partition] = self._producer.create_batch()
-                batch.append(timestamp=timestamp, key=key, value=value)  # type: ignore[attr-defined]
+                batch.append(timestamp=timestamp, key=key, value=value)
                 batches.append((partition, batch))
         return batches

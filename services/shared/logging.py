@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
 
 from services.shared.settings import Settings
@@ -15,7 +18,8 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
     fmt = fmt or (settings.log_format if settings else "auto")
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps) if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     numeric = logging.getLevelName(level)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
@@ -32,6 +36,15 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+def _dumps(event: dict[str, Any], **options: Any) -> str:
+    """One JSON line with orjson (a tenth of the standard library's cost: one line per delivery attempt);
+    what orjson cannot write (an integer over 64 bits) falls back to the standard library."""
+    try:
+        return orjson.dumps(event, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, **options)
 
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
