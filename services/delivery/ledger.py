@@ -31,17 +31,14 @@ METADATA_CHARS = 3000  # brokers refuse commit metadata over offset.metadata.max
 
 def encode_done(base: int, done: Iterable[int]) -> str:
     """Offsets above ``base`` already complete, as commit metadata (a zlib'd bitmap, base64)."""
-    offsets = sorted(o - base for o in done if o >= base)
-    if not offsets:
-        return ""
-    span = offsets[-1] + 1
+    bits = 0
+    for offset in done:
+        if offset >= base:
+            bits |= 1 << (offset - base)
+    span = bits.bit_length()
     while span > 0:
-        bitmap = bytearray((span + 7) // 8)
-        for relative in offsets:
-            if relative >= span:
-                break
-            bitmap[relative >> 3] |= 1 << (relative & 7)
-        text = METADATA_PREFIX + base64.b64encode(zlib.compress(bytes(bitmap), 6)).decode()
+        bitmap = (bits & ((1 << span) - 1)).to_bytes((span + 7) // 8, "little")  # bit i: offset base + i
+        text = METADATA_PREFIX + base64.b64encode(zlib.compress(bitmap, 6)).decode()
         if len(text) <= METADATA_CHARS:
             return text
         span //= 2  # too many to list: list the lower half (the rest is redone, as without metadata)

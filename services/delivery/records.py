@@ -6,6 +6,7 @@ original ones with the story so far replaced (``services.contract.headers.replac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from services.contract import headers as h
@@ -16,6 +17,26 @@ from services.delivery.policy import AttemptResult, ErrorClass, Retry
 
 DLQ_RESPONSE_BYTES = 2048  # of the last response, in a DLQ header
 
+
+class _IsoTimes:
+    """``contract.times.iso_time`` of a Unix time (one per attempt record), the date and time of day
+    formatted once a second; the same rounding (to the microsecond, half to even, then milliseconds cut)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, moment: float) -> str:
+        second = int(moment)
+        micro = round((moment - second) * 1_000_000)
+        if micro == 1_000_000:
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{micro // 1000:03d}Z"
+
+
+started_iso = _IsoTimes()
 
 
 
@@ -81,7 +102,7 @@ def attempt_record(meta: DeliveryMeta, result: AttemptResult, *, outcome: str, n
         outcome=outcome,
         next_delay_ms=round(next_delay_s * 1000) if next_delay_s is not None else None,
         dlq_reason=dlq_reason,
-        time=iso_time(started_at),
+        time=started_iso(started_at) if started_at >= 0 else iso_time(started_at),
         response_excerpt=excerpt(result.body, response_limit) if result.body else None,
         replay_id=meta.replay_id,
     ).encode()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
 from services.shared.settings import Settings
 
@@ -28,7 +30,7 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcStamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -36,6 +38,23 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+class _UtcStamp:
+    """``timestamp``: ISO-8601 UTC with microseconds (``2026-12-06T08:45:44.123456Z``), as structlog's
+    ``TimeStamper(fmt="iso", utc=True)`` writes it, with the date and time of day formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method: str, event: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event
 
 
 def _dumps(event: dict[str, Any], **options: Any) -> str:
