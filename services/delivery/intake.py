@@ -10,6 +10,7 @@ past now, if its timestamp is ahead of this clock), whatever its due-time header
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,7 @@ class Intake:
         self.max_in_flight_seen = 0
         self.max_in_flight_bytes_seen = 0
         self._backpressured = False
+        self._roomy: asyncio.Event | None = None  # set once there is room again (``wait_room``)
         self._consumer: AIOKafkaConsumer | None = None
         self.pauses: Pauses | None = None
         self.gate: DueGate | None = None
@@ -164,7 +166,26 @@ class Intake:
     def full(self) -> bool:
         return self.in_flight >= self.max_in_flight or self.in_flight_bytes >= self.max_in_flight_bytes
 
+    @property
+    def backpressured(self) -> bool:
+        return self._backpressured
+
+    async def wait_room(self, within_s: float) -> bool:
+        """Wait until the budgets fall below ``RESUME_AT`` (True), or ``within_s`` passed (False). Nothing
+        is paused meanwhile: what the consumer fetched ahead stays buffered (a paused partition's is
+        dropped, and fetched and decoded again after its resume)."""
+        self._roomy = asyncio.Event()
+        try:
+            async with asyncio.timeout(within_s):
+                await self._roomy.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._roomy = None
+        return True
+
     def check_backpressure(self) -> None:
+        """Full: pause every partition, so that polling goes on (the group's poll interval) without taking."""
         if self._backpressured or not self.full():
             return
         assert self._consumer is not None and self.pauses is not None
@@ -174,13 +195,16 @@ class Intake:
         log.info("delivery.backpressure", in_flight=self.in_flight, in_flight_bytes=self.in_flight_bytes)
 
     def relieve(self) -> None:
-        if not self._backpressured or self.in_flight > self.max_in_flight * RESUME_AT \
+        if not (self._backpressured or self._roomy) or self.in_flight > self.max_in_flight * RESUME_AT \
                 or self.in_flight_bytes > self.max_in_flight_bytes * RESUME_AT:
             return
-        assert self.pauses is not None
-        self._backpressured = False
-        for tp in self.pauses.partitions(BACKPRESSURE):
-            self.pauses.discard(tp, BACKPRESSURE)
+        if self._roomy is not None:
+            self._roomy.set()
+        if self._backpressured:
+            assert self.pauses is not None
+            self._backpressured = False
+            for tp in self.pauses.partitions(BACKPRESSURE):
+                self.pauses.discard(tp, BACKPRESSURE)
 
     def loading(self, assigned: set[TopicPartition]) -> None:
         """New partitions: fetch nothing until ``loaded`` (and while backpressure holds)."""

@@ -47,6 +47,7 @@ log = logs.get("delivery")
 
 POLL_MS = 500
 FETCH_BYTES = 1024 * 1024  # per partition and fetch: bounds what the consumer buffers beside max_in_flight
+FULL_WAIT_S = 5.0  # at max_in_flight, hold what is fetched this long before pausing the partitions
 
 
 class DeliveryWorker:
@@ -145,6 +146,15 @@ class DeliveryWorker:
         failing = asyncio.ensure_future(self._failed.wait())
         try:
             while not stop.is_set() and self._fatal is None:
+                if intake.full() and not intake.backpressured:  # hold what the consumer fetched ahead
+                    room = asyncio.ensure_future(intake.wait_room(FULL_WAIT_S))
+                    await asyncio.wait({room, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not room.done():
+                        room.cancel()
+                        break
+                    if not room.result():  # full for long: pause, and keep polling (the group's poll interval)
+                        intake.check_backpressure()
+                    continue
                 fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_MS, max_records=intake.room()))
                 await asyncio.wait({fetch, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
@@ -156,7 +166,6 @@ class DeliveryWorker:
                 for tp, batch in batches.items():
                     intake.accept(tp, batch, now, self._admit, self._reject)
                 del fetch, batches  # the records now live in their jobs only, not in a batch kept alive
-                intake.check_backpressure()
                 if self._until_idle and not fetched and await self._idle():
                     log.info("delivery.idle")
                     break
