@@ -26,7 +26,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.shared.errors import KafkaUnavailableError
 
-WINDOW_S = 0.02  # how long the first record of a window waits for others
+WINDOW_S = 0.05  # how long the first record of a window waits for others
 MAX_RECORD_BYTES = 1024 * 1024  # the producer's max_request_size
 PARTITION_CACHE = 65536  # keys (webhooks) whose partition is remembered
 

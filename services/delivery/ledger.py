@@ -35,9 +35,14 @@ def encode_done(base: int, done: Iterable[int]) -> str:
     for offset in done:
         if offset >= base:
             bits |= 1 << (offset - base)
+    return encode_bits(bits)
+
+
+def encode_bits(bits: int) -> str:
+    """``encode_done`` of the offsets whose bits are set (bit i: offset base + i)."""
     span = bits.bit_length()
     while span > 0:
-        bitmap = (bits & ((1 << span) - 1)).to_bytes((span + 7) // 8, "little")  # bit i: offset base + i
+        bitmap = (bits & ((1 << span) - 1)).to_bytes((span + 7) // 8, "little")
         text = METADATA_PREFIX + base64.b64encode(zlib.compress(bitmap, 6)).decode()
         if len(text) <= METADATA_CHARS:
             return text
@@ -60,7 +65,7 @@ def decode_done(base: int, metadata: str | None) -> set[int]:
 class PartitionLedger:
     """Offsets of one partition taken in (in offset order) and which of them are done."""
 
-    __slots__ = ("_changed", "_done", "_due", "_next", "_pending", "committed")
+    __slots__ = ("_bits", "_changed", "_done", "_due", "_next", "_origin", "_pending", "committed")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
@@ -68,15 +73,25 @@ class PartitionLedger:
         self._due: dict[int, float] = {}
         self._next: int | None = None  # offset to commit next
         self._changed = False
+        # Every offset done, as bits (bit i: offset origin + i), so that a commit's metadata costs a shift,
+        # not a walk over thousands of offsets: the commit point moves the origin up.
+        self._origin = -1
+        self._bits = 0
         self.committed: int | None = None  # offset last handed out for commit
 
     def add(self, offset: int, due_at: float | None = None) -> None:
+        if self._origin < 0:
+            self._origin = offset  # offsets are added in order: none done will be below it
         self._pending.append(offset)
         if due_at:
             self._due[offset] = due_at
 
     def done(self, offset: int) -> None:
         self._done.add(offset)
+        if offset < self._origin:  # never, as offsets come in order; kept exact if one ever did not
+            self._bits <<= self._origin - offset
+            self._origin = offset
+        self._bits |= 1 << (offset - self._origin)
         self._changed = True
         pending, done = self._pending, self._done
         while pending and pending[0] in done:
@@ -94,7 +109,10 @@ class PartitionLedger:
             return None
         self._changed = False
         self.committed = base
-        return base, encode_done(base, self._done)
+        if base > self._origin:
+            self._bits >>= base - self._origin
+            self._origin = base
+        return base, encode_bits(self._bits)
 
     def uncommit(self) -> None:
         self._changed = True
