@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from services import __version__
 
 if TYPE_CHECKING:
-    from services.shared.subscriptions import Webhook
+    from services.shared.webhooks import Webhook
 
 SECRET_PREFIX = "whsec_"
 USER_AGENT = f"Akece-Webhooks/{__version__}"
