@@ -20,13 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 
 from services.contract import headers as h
 from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.delivery import records
-from services.delivery.attempt_log import AttemptLog, Window
+from services.delivery.attempt_log import AttemptLog, Window, broker_side
 from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.http import HttpSender
@@ -55,7 +55,6 @@ log = logs.get("delivery")
 
 SYNC_TIMEOUT_S = 5.0
 INTERNAL = ErrorClass.INTERNAL
-RECORD_KAFKA_ERRORS = (MessageSizeTooLargeError,)  # Kafka errors about the record itself, not the broker
 
 
 class Attempts:
@@ -302,14 +301,3 @@ class Attempts:
             webhook = self._table.get(webhook_id)
             if webhook is None or not webhook.enabled:
                 self.circuits.forget(webhook_id)
-
-
-
-def broker_side(exc: BaseException) -> bool:
-    """Whether an error while concluding a record is the broker's (the worker stops and is run again once
-    it answers; the record is redone) rather than the record's own (its ``internal`` failure). aiokafka
-    raises ``KafkaTimeoutError`` from ``send()`` when its buffer stays full because the broker is away:
-    taken for the record's, an unreachable broker dead-lettered deliveries the receivers had accepted."""
-    if isinstance(exc, KafkaUnavailableError):
-        return True
-    return isinstance(exc, KafkaError) and not isinstance(exc, RECORD_KAFKA_ERRORS)

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -29,6 +29,7 @@ from services.shared.errors import KafkaUnavailableError
 WINDOW_S = 0.05  # how long the first record of a window waits for others
 MAX_RECORD_BYTES = 1024 * 1024  # the producer's max_request_size
 PARTITION_CACHE = 65536  # keys (webhooks) whose partition is remembered
+RECORD_KAFKA_ERRORS = (MessageSizeTooLargeError,)  # Kafka errors about the record itself, not the broker
 
 
 class Window(asyncio.Future[None]):
@@ -125,3 +126,13 @@ class AttemptLog:
                 batch.append(timestamp=timestamp, key=key, value=value)
                 batches.append((partition, batch))
         return batches
+
+
+def broker_side(exc: BaseException) -> bool:
+    """Whether an error while concluding a record is the broker's (the worker stops and is run again once
+    it answers; the record is redone) rather than the record's own (its ``internal`` failure). aiokafka
+    raises ``KafkaTimeoutError`` from ``send()`` when its buffer stays full because the broker is away:
+    taken for the record's, an unreachable broker dead-lettered deliveries the receivers had accepted."""
+    if isinstance(exc, KafkaUnavailableError):
+        return True
+    return isinstance(exc, KafkaError) and not isinstance(exc, RECORD_KAFKA_ERRORS)

@@ -91,7 +91,7 @@ class Intake:
         self.max_in_flight_seen = 0
         self.max_in_flight_bytes_seen = 0
         self._backpressured = False
-        self._roomy: asyncio.Event | None = None  # set once there is room again (``wait_room``)
+        self._roomy: asyncio.Event | None = None  # set once there is room again (``hold``)
         self._consumer: AIOKafkaConsumer | None = None
         self.pauses: Pauses | None = None
         self.gate: DueGate | None = None
@@ -170,19 +170,18 @@ class Intake:
     def backpressured(self) -> bool:
         return self._backpressured
 
-    async def wait_room(self, within_s: float) -> bool:
-        """Wait until the budgets fall below ``RESUME_AT`` (True), or ``within_s`` passed (False). Nothing
-        is paused meanwhile: what the consumer fetched ahead stays buffered (a paused partition's is
-        dropped, and fetched and decoded again after its resume)."""
+    async def hold(self, within_s: float) -> None:
+        """Full: wait until the budgets fall below ``RESUME_AT``, pausing nothing (what the consumer fetched
+        ahead stays buffered: a paused partition's is dropped, and fetched and decoded again after its
+        resume); still full after ``within_s``, pause every partition (``check_backpressure``)."""
         self._roomy = asyncio.Event()
         try:
             async with asyncio.timeout(within_s):
                 await self._roomy.wait()
         except TimeoutError:
-            return False
+            self.check_backpressure()
         finally:
             self._roomy = None
-        return True
 
     def check_backpressure(self) -> None:
         """Full: pause every partition, so that polling goes on (the group's poll interval) without taking."""

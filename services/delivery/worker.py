@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import time
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from services.delivery.intake import Intake, Job, Malformed
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
+from services.shared.gc_tuning import tune_gc
 from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import first_of
@@ -49,7 +49,6 @@ log = logs.get("delivery")
 POLL_MS = 500
 FETCH_BYTES = 1024 * 1024  # per partition and fetch: bounds what the consumer buffers beside max_in_flight
 FULL_WAIT_S = 5.0  # at max_in_flight, hold what is fetched this long before pausing the partitions
-GC_YOUNG = 20_000  # allocations between the collector's young-generation passes (CPython's default: 700)
 
 
 class DeliveryWorker:
@@ -150,13 +149,11 @@ class DeliveryWorker:
         try:
             while not stop.is_set() and self._fatal is None:
                 if intake.full() and not intake.backpressured:  # hold what the consumer fetched ahead
-                    room = asyncio.ensure_future(intake.wait_room(FULL_WAIT_S))
-                    await asyncio.wait({room, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
-                    if not room.done():
-                        room.cancel()
+                    held = asyncio.ensure_future(intake.hold(FULL_WAIT_S))
+                    await asyncio.wait({held, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not held.done():
+                        held.cancel()
                         break
-                    if not room.result():  # full for long: pause, and keep polling (the group's poll interval)
-                        intake.check_backpressure()
                     continue
                 fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_MS, max_records=intake.room()))
                 await asyncio.wait({fetch, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
@@ -300,18 +297,6 @@ class DeliveryWorker:
     def _remove_lag(self, tp: TopicPartition) -> None:
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
-
-
-def tune_gc() -> None:
-    """Once per process, as deliveries start: what exists by then (modules, settings, clients) leaves the
-    collector's sight (``gc.freeze``), and young passes run every ``GC_YOUNG`` allocations. With thousands of
-    records in flight, the collector otherwise walked the whole heap every few seconds and promoted records
-    still waiting: about a third of the worker's own CPU per delivery in a drain."""
-    if gc.get_freeze_count():
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
