@@ -30,6 +30,7 @@ from services.router.gauges import RouterGauges
 from services.router.outbox import Outbox, Producers
 from services.shared import kafka
 from services.shared import logging as logs
+from services.shared.gc_tuning import tune_gc
 from services.shared.metrics import Metrics
 from services.shared.runtime import first_of
 from services.shared.settings import Settings
@@ -146,6 +147,7 @@ class RouterWorker:
             outbox = Outbox(Producers(producer, quarantine), deliveries=self._topics.deliveries,
                             invalid=self._topics.invalid, timeout=self._settings.kafka.send_timeout_s)
             self._in_flight = InFlight(consumer, self._settings.router.batches_in_flight, self._clock)
+            tune_gc()
             consumer.subscribe([self._topics.events], listener=_Rebalance(self))
             self._running = True
             log.info("router.started", group=self.group_id, topic=self._topics.events,
