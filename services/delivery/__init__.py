@@ -1,7 +1,8 @@
 """Delivery: each delivery record POSTed, signed, to its webhook; retried through the retry tiers;
 dead-lettered in the end.
 
-- ``worker``: ``DeliveryWorker`` wires the parts below to one consumer group (loop, tasks, rebalances, gauges).
+- ``worker``: ``DeliveryWorker`` wires the parts below to one consumer group (loop, tasks, rebalances);
+  ``gauges``: what it reports on every commit tick (in flight, lag, retry tier depth).
 - ``intake``: fetched records become jobs within the in-flight budgets (backpressure, pauses, due holds).
 - ``attempt``: one job's attempt: ``policy.precheck``, the signed POST (``http``, ``signing``),
   ``policy.next_step``, the attempt log and retry/DLQ records (``records``; ``attempt_log`` writes the

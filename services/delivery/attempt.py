@@ -49,7 +49,8 @@ from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, Webhook
+from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
+from services.shared.webhooks import Webhook
 
 log = logs.get("delivery")
 

@@ -30,7 +30,7 @@ from services.delivery.policy import AttemptResult
 from services.delivery.signing import request_headers
 from services.shared import kafka
 from services.shared.settings import Settings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 PING = "ping"
 OUTCOME = "test"

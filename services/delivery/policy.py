@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from services.shared.settings import RetrySettings
-from services.shared.subscriptions import Webhook
+from services.shared.webhooks import Webhook
 
 
 class ErrorClass(StrEnum):

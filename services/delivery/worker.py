@@ -19,7 +19,6 @@ does not acknowledge, stops the worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Iterable
@@ -28,10 +27,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 
-from services.contract.topics import Topics, format_delay
+from services.contract.topics import Topics
 from services.delivery.attempt import Attempts
 from services.delivery.commits import Commits
 from services.delivery.dispatch import Dispatcher
+from services.delivery.gauges import DeliveryGauges
 from services.delivery.http import HttpSender
 from services.delivery.intake import Intake, Job, Malformed
 from services.shared import kafka
@@ -64,10 +64,10 @@ class DeliveryWorker:
         self._topics = Topics.from_settings(settings)
         self.group_id = group_id or f"{settings.topic_prefix}.delivery"
         self._until_idle = until_idle
-        self._tiers = {name: format_delay(delay) for name, delay in self._topics.retry_topics.items()}
         d = settings.delivery
         self._backlog_s = d.per_webhook_backlog_s
         self._commits = Commits(self.group_id, settings.kafka.unavailable_log_s)
+        self._gauges = DeliveryGauges(metrics, self.group_id, self._topics, self._commits.offsets)
         self._intake = Intake(d, self._topics, settings.retry.jitter, self._commits)
         self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start,
                                                        backlog=d.per_webhook_backlog,
@@ -253,7 +253,7 @@ class DeliveryWorker:
             await asyncio.wait(running, timeout=budget)
         await self._commits.hand_over(revoked)
         for tp in revoked:
-            self._remove_lag(tp)
+            self._gauges.remove_lag(tp)
         log.info("delivery.partitions_revoked", partitions=len(revoked), dropped=len(dropped),
                  running=len(running), unfinished=sum(1 for tp in self._tasks.values() if tp in revoked))
 
@@ -267,36 +267,10 @@ class DeliveryWorker:
         log.info("delivery.partitions_assigned", partitions=len(assigned), completed_above_commit=completed)
 
     def _update_gauges(self) -> None:
-        consumer, m, intake = self._consumer, self._metrics, self._intake
-        offsets = self._commits.offsets
-        assert consumer is not None and intake.pauses is not None and self._sender is not None
-        m.in_flight.set(intake.in_flight)
-        m.requests_in_flight.set(self._sender.requests_in_flight)
+        assert self._consumer is not None and self._sender is not None
         self._attempts.forget_circuits()
-        m.circuits_open.set(self._attempts.circuits.open_count)
-        m.paused_partitions.set(intake.pauses.count())
-        depth = dict.fromkeys(self._tiers.values(), 0)
-        behind = dict.fromkeys(self._tiers.values(), 0.0)
-        now = time.time()
-        for tp in consumer.assignment():
-            end, committed = consumer.highwater(tp), offsets.committed(tp)
-            if end is None or committed is None:
-                continue
-            lag = max(0, end - committed)
-            m.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
-            tier = self._tiers.get(tp.topic)
-            if tier is not None:
-                depth[tier] += lag
-                due = offsets.head_due_at(tp)
-                if due is not None and due < now:
-                    behind[tier] = max(behind[tier], now - due)
-        for tier in depth:
-            m.retry_tier_depth.labels(tier).set(depth[tier])
-            m.retry_tier_behind.labels(tier).set(behind[tier])
-
-    def _remove_lag(self, tp: TopicPartition) -> None:
-        with contextlib.suppress(KeyError):
-            self._metrics.consumer_lag.remove(self.group_id, tp.topic, str(tp.partition))
+        self._gauges.update(self._consumer, self._intake, self._sender.requests_in_flight,
+                            self._attempts.circuits.open_count)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

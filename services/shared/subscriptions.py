@@ -238,6 +238,5 @@ async def caught_up_table(settings: Settings, *, timeout: float) -> AsyncIterato
             await following
 
 
-# Webhook: the record the table holds and the store writes, defined in webhooks, exported here too.
-__all__ = ["APPLY_TIMEOUT_S", "TOPIC_WAIT_S", "NotYetVisibleError", "SubscriptionStore", "SubscriptionTable", "Webhook",
+__all__ = ["APPLY_TIMEOUT_S", "TOPIC_WAIT_S", "NotYetVisibleError", "SubscriptionStore", "SubscriptionTable",
            "caught_up_table"]
