@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -90,3 +92,33 @@ def kafka_cli(*argv: str) -> int:
     args = parser.parse_args(["kafka", *argv])
     code: int = args.func(args)
     return code
+
+
+class RestartableBroker:
+    """A test module's own broker, to stop, kill and restart: same ports and data dir on every start, so a
+    restart is the same broker."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.kafka = LocalKafka(data_dir, port=free_port(), controller_port=free_port())
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka.port}"
+
+    def running(self) -> bool:
+        return self.kafka.status().running
+
+    async def start(self) -> None:
+        await self.kafka.start_async()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.kafka.stop)
+
+    async def kill(self) -> None:
+        """SIGKILL, like a crashed machine: no clean shutdown, no flush."""
+        status, proc = self.kafka.status(), self.kafka._proc
+        assert status.pid is not None
+        os.kill(status.pid, signal.SIGKILL)
+        if proc is not None:
+            await asyncio.to_thread(proc.wait, 15)
+        await self.stop()  # forgets the pid file

@@ -162,6 +162,21 @@ def test_waiting_counts_follow_start_drop_and_close() -> None:
     assert dispatcher.waiting(7) == 0
 
 
+def test_a_keys_next_record_goes_before_newer_heads_of_its_webhook() -> None:
+    """Taken in arrival order, each record of a busy key waited through its webhook's whole queue again,
+    and the key's oldest record held its partition's commit for as long as the queue stayed long."""
+    dispatcher, started = make(100, 1)
+    first, second = FakeJob("chain", 1, 0), FakeJob("chain", 1, 1)
+    newer = [FakeJob(f"k{n}", 1, n + 2) for n in range(5)]
+    for job in (first, second, *newer):
+        dispatcher.submit(job)
+    assert started == [first]
+    dispatcher.release(first)
+    assert started == [first, second]  # submitted before the five others: it goes first
+    dispatcher.release(second)
+    assert started == [first, second, newer[0]]
+
+
 def test_global_cap_round_robin() -> None:
     dispatcher, started = make(2, 10)
     a = [FakeJob(f"a{n}", 1) for n in range(4)]

@@ -30,13 +30,13 @@ import orjson
 import pytest
 
 from schemas.examples import example
-from services.devtools.kafka_local import LocalKafka
 from services.devtools.ports import free_port
 from services.publisher.publisher import Publisher
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
+from tests.kafka_broker import RestartableBroker as Broker
 from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -46,35 +46,6 @@ ADMIN_TOKEN = "outage-test-admin-token-0123456789"
 LOG_WINDOW_S = 8.0  # AKECE_KAFKA_UNAVAILABLE_LOG_S of the processes
 GRACE_S = 5.0  # AKECE_DELIVERY_SHUTDOWN_GRACE_S of the processes
 SESSION_TIMEOUT_S = 3.0
-
-
-class Broker:
-    """This module's broker: same ports and data dir on every start, so a restart is the same broker."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.kafka = LocalKafka(data_dir, port=free_port(), controller_port=free_port())
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka.port}"
-
-    def running(self) -> bool:
-        return self.kafka.status().running
-
-    async def start(self) -> None:
-        await self.kafka.start_async()
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.kafka.stop)
-
-    async def kill(self) -> None:
-        """SIGKILL, like a crashed machine: no clean shutdown, no flush."""
-        status, proc = self.kafka.status(), self.kafka._proc
-        assert status.pid is not None
-        os.kill(status.pid, signal.SIGKILL)
-        if proc is not None:
-            await asyncio.to_thread(proc.wait, 15)
-        await self.stop()  # forgets the pid file
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,12 @@
 
 - Per key (``<webhook>:<conversation>``): a queue; only its head may run, the next one starts when
   the head is released, so one conversation's deliveries go out in offset order.
-- Per webhook: at most ``per_webhook`` running; heads beyond that wait in the webhook's own queue.
+- Per webhook: at most ``per_webhook`` running; heads beyond that wait in the webhook's own queue,
+  oldest first (by when they were submitted). A key's next record has waited since it was submitted,
+  so it goes before the newer heads: taken in arrival order instead, every record of a busy key
+  (a conversation, or the records without one: ``<webhook>:-``) would wait through the whole queue
+  of its webhook again, the key would fall behind by one queue wait per record, and its oldest record
+  would hold its partition's commit while the queues stay long (a backlog after an outage).
 - Per webhook, ``waiting(webhook)`` counts its jobs not yet started; ``overloaded(webhook, for_s)``
   says whether that count has stayed at or above ``backlog`` for ``for_s`` seconds AND the webhook
   is unhealthy: no success since its backlog filled, most recent attempts failing, or answering in
@@ -18,6 +23,7 @@ may run now.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -72,8 +78,9 @@ class Dispatcher(Generic[J]):
         self._clock = clock
         self._full_since: dict[int, float] = {}  # webhook -> since when its waiting jobs >= backlog
         self._health: dict[int, Health] = {}  # webhook -> its recent attempts, while it has jobs here
-        self._keys: dict[Hashable, deque[J] | None] = {}  # active key -> jobs waiting behind its head
-        self._ready: dict[int, deque[J]] = {}  # webhook -> key heads waiting for a slot
+        self._keys: dict[Hashable, deque[tuple[int, J]] | None] = {}  # active key -> (seq, job) behind its head
+        self._ready: dict[int, list[tuple[int, J]]] = {}  # webhook -> heap of (seq, key head) waiting for a slot
+        self._seq = 0  # submission order
         self._running: dict[int, int] = {}  # webhook -> running jobs
         self._turns: deque[int] = deque()  # webhooks with ready heads and a free slot
         self._in_turns: set[int] = set()
@@ -102,6 +109,8 @@ class Dispatcher(Generic[J]):
         health.observe(ok, duration_s, self._clock())
 
     def submit(self, job: J) -> None:
+        self._seq += 1
+        entry = (self._seq, job)
         count = self._waiting[job.webhook_id] = self._waiting.get(job.webhook_id, 0) + 1
         if count == self._backlog:
             self._full_since[job.webhook_id] = self._clock()
@@ -109,10 +118,10 @@ class Dispatcher(Generic[J]):
             waiting = self._keys[job.key]
             if waiting is None:
                 waiting = self._keys[job.key] = deque()
-            waiting.append(job)
+            waiting.append(entry)
             return
         self._keys[job.key] = None
-        self._make_ready(job)
+        self._make_ready(entry)
         self._pump()
 
     def release(self, job: J) -> None:
@@ -142,20 +151,21 @@ class Dispatcher(Generic[J]):
         dropped: list[J] = []
         freed: set[Hashable] = set()  # keys whose head was waiting for a slot and is dropped
         for webhook in list(self._ready):
-            kept: deque[J] = deque()
-            for job in self._ready.pop(webhook):
-                if predicate(job):
-                    dropped.append(job)
-                    freed.add(job.key)
+            kept: list[tuple[int, J]] = []
+            for entry in self._ready.pop(webhook):
+                if predicate(entry[1]):
+                    dropped.append(entry[1])
+                    freed.add(entry[1].key)
                 else:
-                    kept.append(job)
+                    kept.append(entry)
             if kept:
+                heapq.heapify(kept)
                 self._ready[webhook] = kept
-        heads: list[J] = []
+        heads: list[tuple[int, J]] = []
         for key in list(self._keys):
             queue = self._keys[key] or ()
-            waiting = deque(j for j in queue if not predicate(j))
-            dropped.extend(j for j in queue if predicate(j))
+            waiting = deque(e for e in queue if not predicate(e[1]))
+            dropped.extend(e[1] for e in queue if predicate(e[1]))
             if key in freed:
                 if not waiting:
                     del self._keys[key]
@@ -166,8 +176,8 @@ class Dispatcher(Generic[J]):
         self._in_turns = set(self._turns)
         for job in dropped:
             self._unwait(job.webhook_id)
-        for job in heads:
-            self._make_ready(job)
+        for entry in heads:
+            self._make_ready(entry)
         self._pump()
         return dropped
 
@@ -176,12 +186,13 @@ class Dispatcher(Generic[J]):
         self.closed = True
         return self.drop(lambda _: True)
 
-    def _make_ready(self, job: J) -> None:
-        queue = self._ready.get(job.webhook_id)
+    def _make_ready(self, entry: tuple[int, J]) -> None:
+        webhook = entry[1].webhook_id
+        queue = self._ready.get(webhook)
         if queue is None:
-            queue = self._ready[job.webhook_id] = deque()
-        queue.append(job)
-        self._offer_turn(job.webhook_id)
+            queue = self._ready[webhook] = []
+        heapq.heappush(queue, entry)
+        self._offer_turn(webhook)
 
     def _offer_turn(self, webhook: int) -> None:
         if (webhook in self._ready and webhook not in self._in_turns
@@ -194,7 +205,7 @@ class Dispatcher(Generic[J]):
             webhook = self._turns.popleft()
             self._in_turns.discard(webhook)
             queue = self._ready[webhook]
-            job = queue.popleft()
+            job = heapq.heappop(queue)[1]
             if not queue:
                 del self._ready[webhook]
             self._running[webhook] = self._running.get(webhook, 0) + 1
