@@ -1,6 +1,8 @@
 """The HTTP sender: one pooled aiohttp session, every attempt a POST that never raises.
 
-Keep-alive pooling (``AKECE_HTTP_POOL_SIZE`` connections), per-attempt connect and total timeouts,
+Keep-alive pooling (``AKECE_HTTP_POOL_SIZE`` connections, the most recently used reused first, so
+that after a burst the surplus idles and is closed after ``AKECE_HTTP_IDLE_TIMEOUT_S``: ``RecentFirstConnector``),
+per-attempt connect and total timeouts,
 redirects not followed (a 3xx is a failure), at most ``max_response_bytes`` of a response read,
 no cookies kept between receivers, no proxy from the environment. The network guard runs at
 connect time: ``GuardedResolver`` checks every address a name resolves to (after DNS, on the
@@ -19,12 +21,15 @@ import asyncio
 import errno
 import ssl
 import time
+from collections import deque
 from collections.abc import Mapping
 from functools import lru_cache
 from types import TracebackType
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.tracing import Trace
 from yarl import URL
 
 from services.delivery.policy import RETRY_AFTER_STATUSES, AttemptResult, parse_retry_after
@@ -130,6 +135,22 @@ def _timeout(connect_s: float, total_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=total_s, sock_connect=connect_s)
 
 
+class RecentFirstConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that reuses the most recently released connection first.
+
+    aiohttp reuses the least recently released one (a FIFO queue): under a steady load every pooled
+    connection is used again before it idles for ``keepalive_timeout``, so a pool that filled up in a
+    burst (a slow receiver, a catch-up after an outage) keeps all its connections for good. Taking the
+    newest first leaves the surplus idle, and aiohttp's own keep-alive cleanup closes it.
+    """
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> aiohttp.connector.Connection | None:
+        conns = self._conns.get(key)
+        if isinstance(conns, deque) and len(conns) > 1:
+            conns.rotate(1)  # the newest (released last, at the right end) first in line
+        return await super()._get(key, traces)
+
+
 class HttpSender:
     """``async with HttpSender(settings.http, guard) as sender: await sender.post(...)``."""
 
@@ -150,7 +171,8 @@ class HttpSender:
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._settings.pool_size, limit_per_host=0,
+            connector = RecentFirstConnector(limit=self._settings.pool_size, limit_per_host=0,
+                                             keepalive_timeout=self._settings.idle_timeout_s,
                                              resolver=GuardedResolver(self._guard), ttl_dns_cache=30)
             self._session = aiohttp.ClientSession(
                 connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,

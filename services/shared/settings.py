@@ -83,6 +83,10 @@ class HttpSettings(BaseModel):
         "X-Chatwoot", description="Prefix of the Chatwoot-compatible headers (-Delivery, -Timestamp, -Signature)."
     )
     pool_size: int = Field(512, ge=1, description="Most open connections of the shared HTTP pool.")
+    idle_timeout_s: float = Field(
+        15.0, gt=0, description="A pooled connection idle this long is closed. The pool reuses its most recently "
+        "used connection first, so after a burst it shrinks back to what the load needs within about twice this.",
+    )
 
 
 class RetrySettings(BaseModel):
