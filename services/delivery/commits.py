@@ -4,7 +4,9 @@ The offset ledger (``ledger.Ledger``) keeps each partition's unfinished offsets;
 ``COMMIT_INTERVAL_S``, or sooner after ``COMMIT_EVERY`` completions, each partition's lowest contiguous
 completed offset is committed, with the offsets above it already complete as the commit's metadata.
 A partition's new owner reads that metadata back (``load``) and skips those records (``already_done``).
-A failed commit is taken back and tried again later (what it covered is redone at worst).
+A failed commit is taken back and tried again later (what it covered is redone at worst). Failures
+are logged once per ``unavailable_log_s`` (``delivery.commit_failed``, with a count), and the first
+commit that succeeds after them says so (``delivery.commits_resumed``: how long, how many failed).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Commits:
         self._completed = 0
         self._failures = 0  # since the last delivery.commit_failed line
         self._failed_at = -float("inf")
+        self._failing_since: float | None = None  # first failure since the last successful commit
+        self._failed_total = 0
         self._skips: dict[TopicPartition, set[int]] = {}  # offsets complete above the commit (metadata)
 
     def bind(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
@@ -83,13 +87,24 @@ class Commits:
                 await kafka.commit(self._consumer, points)
             except KafkaError as exc:  # redone: by the partitions' new owner, or by us once the broker is back
                 self.offsets.uncommit(points)
-                self._failures += 1
-                now = time.monotonic()
-                if now - self._failed_at >= self._unavailable_log_s:  # once per window
-                    self._failed_at = now
-                    log.warning("delivery.commit_failed", error=f"{type(exc).__name__}: {exc}",
-                                partitions=len(points), failures=self._failures)
-                    self._failures = 0
+                self._failed(exc, len(points))
+                return
+            if self._failing_since is not None:
+                log.info("delivery.commits_resumed", failed_for_s=round(time.monotonic() - self._failing_since, 1),
+                         failures=self._failed_total)
+                self._failing_since, self._failed_total = None, 0
+
+    def _failed(self, exc: KafkaError, partitions: int) -> None:
+        self._failures += 1
+        self._failed_total += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failed_at >= self._unavailable_log_s:  # once per window
+            self._failed_at = now
+            log.warning("delivery.commit_failed", error=f"{type(exc).__name__}: {exc}",
+                        partitions=partitions, failures=self._failures)
+            self._failures = 0
 
     async def tick_loop(self, every_tick: Callable[[], None]) -> None:
         """Commit every COMMIT_INTERVAL_S or COMMIT_EVERY completions, whichever comes first; call
