@@ -122,3 +122,14 @@ class RestartableBroker:
         if proc is not None:
             await asyncio.to_thread(proc.wait, 15)
         await self.stop()  # forgets the pid file
+
+
+@contextlib.contextmanager
+def restartable_broker(data_dir: Path) -> Iterator[RestartableBroker]:
+    """A started ``RestartableBroker`` in ``data_dir`` (a module fixture's own broker), stopped on exit."""
+    own = RestartableBroker(data_dir)
+    own.kafka.start()
+    try:
+        yield own
+    finally:
+        own.kafka.stop()

@@ -28,7 +28,7 @@ from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import Delivery, deliver_process, delivery, make_webhook, stack, worker_env
-from tests.kafka_broker import RestartableBroker
+from tests.kafka_broker import RestartableBroker, restartable_broker
 from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -46,12 +46,8 @@ COMMIT_WITHIN_S = 20.0  # about 6 s (what the worker held at the checkpoint, at 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableBroker]:
-    own = RestartableBroker(tmp_path_factory.mktemp("catchup-kafka"))
-    own.kafka.start()
-    try:
+    with restartable_broker(tmp_path_factory.mktemp("catchup-kafka")) as own:
         yield own
-    finally:
-        own.kafka.stop()
 
 
 async def produce_backlog(settings: Settings, items: list[Delivery]) -> dict[str, tuple[int, int]]:

@@ -37,6 +37,7 @@ from services.shared.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_support import delivery, make_webhook, produce, stack
 from tests.kafka_broker import RestartableBroker as Broker
+from tests.kafka_broker import restartable_broker
 from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -50,12 +51,8 @@ SESSION_TIMEOUT_S = 3.0
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    own = Broker(tmp_path_factory.mktemp("outage-kafka"))
-    own.kafka.start()
-    try:
+    with restartable_broker(tmp_path_factory.mktemp("outage-kafka")) as own:
         yield own
-    finally:
-        own.kafka.stop()
 
 
 @pytest.fixture
