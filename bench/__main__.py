@@ -83,6 +83,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         f"quick {PEERS_EVENTS['quick']:,})")
     p.add_argument("--peers-systems", default=",".join(SYSTEMS),
                    help=f"comma-separated systems of the drain comparison, in order, of {', '.join(SYSTEMS)}")
+    p.add_argument("--peers-akece-processes", type=int, default=None, metavar="N",
+                   help="the pipeline in the drain comparison as `router` + `deliver --processes N` (default: "
+                        "`run --role router` and `run --role delivery`, one process each)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     if args.peers and args.no_peers:
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 peers = asyncio.run(PeersRun(bootstrap=bootstrap, work=work / "peers", events=args.peers_events,
                                              systems=args.peers_systems.split(","), partitions=args.partitions,
                                              stall_s=args.stall_s, seed=args.seed, broker_pid=broker_pid,
-                                             say=say).run())
+                                             akece_processes=args.peers_akece_processes, say=say).run())
     finally:
         if args.keep_work:
             say(f"work directory kept: {work}")
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                        "akece_env": {k: v for k, v in os.environ.items() if k.startswith("AKECE_")}}}
     result = report.build(limits, scenarios, meta, peers)
     stem = date + ("-peers" if args.peers else "-quick" if args.quick else "")
+    if args.peers and args.peers_akece_processes:
+        stem += f"-processes{args.peers_akece_processes}"
     paths = report.write(result, args.out, stem)
     print()
     print(report.markdown(result))

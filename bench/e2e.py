@@ -491,8 +491,11 @@ class ScenarioRun:
 
     async def create_webhooks(self) -> None:
         await kafka.ensure_topics(self.settings)
+        hooks = self.workload.hooks
         async with running_store(self.settings) as store:
-            await asyncio.gather(*(store.put(webhook_record(hook, self.url_of(hook))) for hook in self.workload.hooks))
+            for i in range(0, len(hooks), 2000):  # bounded: 100,000 puts at once overflow the producer's buffer
+                chunk = hooks[i:i + 2000]
+                await asyncio.gather(*(store.put(webhook_record(hook, self.url_of(hook))) for hook in chunk))
 
     def start_pipeline(self) -> None:
         for i in range(self.config.router_procs):

@@ -57,9 +57,8 @@ def points(deliveries: int) -> list[Point]:
     return [
         base,
         *(replace(base, curve="fanout", label=f"fan-out {f}", fanout=f) for f in (10, 100)),
-        *(replace(base, curve="body", label=f"body {b // KB:,} KB", body_bytes=b,
-                  deliveries=max(200, deliveries * 2 * KB // b) if b > 2 * KB else deliveries)
-          for b in (1 * KB, 64 * KB, 1000 * KB)),
+        *(replace(base, curve="body", label=f"body {b // KB:,} KB", body_bytes=b, deliveries=n)
+          for b, n in ((1 * KB, deliveries), (64 * KB, deliveries // 5), (1000 * KB, deliveries // 33))),
         *(replace(base, curve="webhooks", label=f"{w:,} webhooks", webhooks=w) for w in (10, 1000, 100_000)),
         replace(base, curve="processes", label="2 delivery processes", delivery_procs=2),
         *(replace(base, curve="latency", label=f"paced at {round(s * 100)}%", paced_share=s,
@@ -99,8 +98,13 @@ async def measure(config: RunConfig, chosen: list[Point]) -> list[dict[str, Any]
                       body_bytes=point.body_bytes, delivery_procs=point.delivery_procs,
                       paced_s=config.paced_s if point.paced_share else 0.0, paced_rate=paced_rate)
         say(f"{point.curve}: {point.label} ({events:,} events, {events * point.fanout:,} deliveries)")
-        run = await ScenarioRun(cfg, SCENARIOS["instant"], say).run()
+        try:
+            run = await ScenarioRun(cfg, SCENARIOS["instant"], say).run()
+        except Exception as exc:  # one point's failure is that point's row, not the whole run's
+            say(f"  failed: {type(exc).__name__}: {exc}")
+            run = {"error": f"{type(exc).__name__}: {exc}"}
         row = summary(point, run, paced_rate)
+        row["error"] = run.get("error")
         rows.append(row)
         if point.curve == "base":
             base_rate = row["sustained_per_s"]
@@ -123,7 +127,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["points"]:
         lat = r["latency_ms"] or {}
         latency = (f"{lat.get('p50')} / {lat.get('p95')} / {lat.get('p99')} at {r['paced_rate']:,}/s"
-                   if lat else "-")
+                   if lat else r.get("error") or "-")
         lines.append(f"| {r['curve']} | {r['label']} | {r['deliveries'] or 0:,} | {r['sustained_per_s'] or 0:,} | "
                      f"{r['router_cpu_us']:.0f} | {r['delivery_cpu_us']:.0f} | {r['delivery_peak_rss_mb']:.0f} MB | "
                      f"{latency} | {r['missing']} / {r['duplicates']} / {r['retried']} |")

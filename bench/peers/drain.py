@@ -80,14 +80,24 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def session_pids(leader: int) -> list[int]:
-    """The live processes of ``leader``'s session (started with ``start_new_session=True``)."""
-    pids = []
+    """The live processes of ``leader``'s session (started with ``start_new_session=True``) and their
+    descendants in sessions of their own (``--processes N`` children)."""
+    parents: dict[int, int] = {}
+    pids: set[int] = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat(int(entry))
-            if fields is not None and int(fields[3]) == leader:  # fields[3]: session id
-                pids.append(int(entry))
-    return pids
+            if fields is None:
+                continue
+            parents[int(entry)] = int(fields[1])  # fields[1]: parent pid
+            if int(fields[3]) == leader:  # fields[3]: session id
+                pids.add(int(entry))
+    grew = True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in pids and pid not in pids}
+        pids |= found
+        grew = bool(found)
+    return sorted(pids)
 
 
 def session_cpu_seconds(leader: int) -> float:
@@ -145,13 +155,16 @@ class PeersRun:
 
     def __init__(self, *, bootstrap: str, work: Path, events: int, systems: Sequence[str],
                  partitions: int = 6, stall_s: float = 30.0, seed: int = 7, broker_pid: int | None = None,
-                 say: Callable[[str], None] = print) -> None:
+                 akece_processes: int | None = None, say: Callable[[str], None] = print) -> None:
         unknown = [s for s in systems if s not in SYSTEMS]
         if unknown:
             raise ValueError(f"unknown system(s) {unknown}: choose from {', '.join(SYSTEMS)}")
         self.bootstrap, self.work, self.events, self.systems = bootstrap, work, events, list(systems)
         self.partitions, self.stall_s, self.seed, self.say = partitions, stall_s, seed, say
         self.broker_pid = broker_pid
+        # None: ``run --role router`` and ``run --role delivery`` (one process each); N: the ``router``
+        # command (one process) and ``deliver --processes N`` (a parent and N children in the group).
+        self.akece_processes = akece_processes
         self.prefix = f"peers{time.strftime('%H%M%S')}{uuid.uuid4().hex[:4]}"
         self.env = self._akece_env()
         self.settings: Settings = settings_for(self.env)
@@ -216,6 +229,9 @@ class PeersRun:
 
     def _start(self, key: str, url: str, directory: Path) -> list[Proc]:
         directory.mkdir(parents=True, exist_ok=True)
+        if key == "akece" and self.akece_processes:
+            return [self._command("router", ["router", "--processes", "1"], directory),
+                    self._command("delivery", ["deliver", "--processes", str(self.akece_processes)], directory)]
         if key == "akece":
             return [Proc(r.name, r.proc, r.log) for r in
                     (start_role("router", 0, self.env, directory), start_role("delivery", 0, self.env, directory))]
@@ -231,6 +247,19 @@ class PeersRun:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         return [Proc(key, proc, log)]
+
+    def _title(self, key: str) -> str:
+        if key == "akece" and self.akece_processes:
+            return f"akece-webhooks, `router` + `deliver --processes {self.akece_processes}`"
+        return SYSTEMS[key].title
+
+    def _command(self, name: str, argv: list[str], directory: Path) -> Proc:
+        log = directory / f"{name}.log"
+        env = {**self.env, "AKECE_METRICS_PORT": str(free_port()), "AKECE_API_PORT": str(free_port())}
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "services", *argv], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return Proc(name, proc, log)
 
     def _expected(self, key: str, events: Sequence[OutgoingEvent]) -> set[str]:
         if key == "akece":
@@ -258,7 +287,7 @@ class PeersRun:
         drain_s = last - started
         total_cpu = sum(cpu.values())
         result: dict[str, Any] = {
-            "system": key, "title": SYSTEMS[key].title, "stopped_because": reason,
+            "system": key, "title": self._title(key), "stopped_because": reason,
             "expected": len(expected), "delivered": len(times), "missing": len(expected) - len(times),
             "duplicates": sum(log.repeats[d] for d in expected if d in log.repeats),
             "other_statuses": dict(log.other),
