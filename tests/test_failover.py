@@ -19,6 +19,7 @@ fault began, plus those produced until it was over). The CI-sized run is in ``ma
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -219,7 +220,11 @@ async def test_cluster_runs_three_nodes_with_replicated_topics(cluster: LocalClu
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert kafka_cli("status", "--data-dir", str(cluster.data_dir)) == 0
     out = capsys.readouterr().out
-    assert "3 of 3 nodes" in out and out.count(": running ") == NODES
+    assert "3 of 3 nodes" in out and sum(1 for line in out.splitlines() if "  running  " in line) == NODES
+    assert kafka_cli("status", "--json", "--data-dir", str(cluster.data_dir)) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "running" and [n["node_id"] for n in shown["nodes"]] == list(range(1, NODES + 1))
+    assert all(n["running"] and n["pid"] for n in shown["nodes"]), shown
     settings = cluster_settings(cluster)
     await kafka.ensure_topics(settings)
     deliveries = Topics.from_settings(settings).deliveries

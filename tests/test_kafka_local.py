@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -117,6 +118,9 @@ def test_cli_start_status_stop_reset(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert "kafka already running on" in capsys.readouterr().out
         assert kafka_cli("status", "--data-dir", data) == 0
         capsys.readouterr()
+        assert kafka_cli("status", "--json", "--data-dir", data) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["state"] == "running" and shown["nodes"][0]["bootstrap"] == f"127.0.0.1:{port}", shown
 
         precious = Path(data) / "notes.txt"
         precious.write_text("not the broker's")
@@ -129,6 +133,9 @@ def test_cli_start_status_stop_reset(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert kafka_cli("stop", "--data-dir", data) == 0
     assert "kafka stopped (pid " in capsys.readouterr().out
     assert kafka_cli("status", "--data-dir", data) == 3
+    capsys.readouterr()
+    assert kafka_cli("status", "--json", "--data-dir", data) == 3
+    assert json.loads(capsys.readouterr().out)["state"] == "stopped"
     assert kafka_cli("reset", "--data-dir", data) == 0
     assert not Path(data).exists()
 

@@ -16,6 +16,7 @@ from services.devtools.kafka_errors import HOST, LocalKafkaError
 from services.devtools.kafka_local import KafkaStatus, LocalKafka
 from services.devtools.kafka_local_cluster import LocalCluster, is_cluster
 from services.devtools.ports import BOOTSTRAP_ENV, DEFAULT_PORT
+from services.shared import output
 
 
 def add_kafka_parser(
@@ -51,6 +52,7 @@ def add_kafka_parser(
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     actions.choices["stop"].add_argument("--grace", type=float, default=15.0,
                                          help="seconds between SIGTERM and SIGKILL")
+    output.add_json_option(actions.choices["status"], "the state of the broker or of each node")
     return kafka
 
 
@@ -120,8 +122,18 @@ def _cli_stop(kafka: LocalKafka, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_status(kafka: LocalKafka, _: argparse.Namespace) -> int:
+def _node_json(status: KafkaStatus) -> dict[str, object]:
+    return {"running": status.running, "pid": status.pid, "bootstrap": status.bootstrap, "port": status.port,
+            "controller_port": status.controller_port, "sasl_ssl_port": status.sasl_ssl_port,
+            "mtls_port": status.mtls_port}
+
+
+def _cli_status(kafka: LocalKafka, args: argparse.Namespace) -> int:
     status = kafka.status()
+    if args.json:
+        output.emit_json({"state": "running" if status.running else "stopped", "data_dir": str(status.data_dir),
+                          "nodes": [_node_json(status)]})
+        return 0 if status.running else 3
     if status.running:
         print(f"kafka running on {_describe(status)}")
         _print_secured(kafka, status)
@@ -188,14 +200,22 @@ def _cluster_stop(cluster: LocalCluster, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_status(cluster: LocalCluster, _: argparse.Namespace) -> int:
+def _cluster_status(cluster: LocalCluster, args: argparse.Namespace) -> int:
     statuses = cluster.status()
     running = sum(s.running for s in statuses)
     state = "running" if running == len(statuses) else "stopped" if not running else "degraded"
+    layout = cluster.layout
+    nodes = [{**_node_json(status), "node_id": node_id, "port": layout.ports[node_id - 1],
+              "controller_port": layout.controller_ports[node_id - 1]}
+             for node_id, status in zip(cluster.node_ids(), statuses, strict=True)]
+    if args.json:
+        output.emit_json({"state": state, "bootstrap": cluster.bootstrap, "data_dir": str(cluster.data_dir),
+                          "nodes": nodes})
+        return 0 if state == "running" else 3
     print(f"kafka cluster {state}: {running} of {len(statuses)} nodes on {_describe_cluster(cluster, statuses)}")
-    for node_id, status in zip(cluster.node_ids(), statuses, strict=True):
-        print(f"  node {node_id}: {'running' if status.running else 'stopped'} "
-              f"{HOST}:{cluster.layout.ports[node_id - 1]} (controller {cluster.layout.controller_ports[node_id - 1]})")
+    output.emit(output.table(["node", "state", "pid", "address", "controller"],
+                             [[n["node_id"], "running" if n["running"] else "stopped", n["pid"] or "-",
+                               f"{HOST}:{n['port']}", n["controller_port"]] for n in nodes]))
     return 0 if state == "running" else 3
 
 
