@@ -38,6 +38,7 @@ from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.errors import KafkaUnavailableError
 from services.shared.gc_tuning import tune_gc
+from services.shared.memory import Trimmer
 from services.shared.metrics import Metrics
 from services.shared.netguard import NetworkGuard
 from services.shared.runtime import first_of
@@ -67,6 +68,7 @@ class DeliveryWorker:
         d = settings.delivery
         self._backlog_s = d.per_webhook_backlog_s
         self._commits = Commits(self.group_id, settings.kafka.unavailable_log_s)
+        self._trimmer = Trimmer()
         self._gauges = DeliveryGauges(metrics, self.group_id, self._topics, self._commits.offsets)
         self._intake = Intake(d, self._topics, settings.retry.jitter, self._commits)
         self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start,
@@ -268,6 +270,7 @@ class DeliveryWorker:
 
     def _update_gauges(self) -> None:
         assert self._consumer is not None and self._sender is not None
+        self._trimmer.observe(self._intake.in_flight)
         self._attempts.forget_circuits()
         self._gauges.update(self._consumer, self._intake, self._sender.requests_in_flight,
                             self._attempts.circuits.open_count)
