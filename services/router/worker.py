@@ -31,6 +31,7 @@ from services.router.outbox import Outbox, Producers
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.gc_tuning import tune_gc
+from services.shared.memory import Trimmer
 from services.shared.metrics import Metrics
 from services.shared.runtime import first_of
 from services.shared.settings import Settings
@@ -92,6 +93,7 @@ class RouterWorker:
         self.partitions: frozenset[int] = frozenset()
         self._taken = 0  # events routed and produced, committed or still in flight
         self._in_flight: InFlight | None = None
+        self._trimmer = Trimmer()  # full batches in a catch-up, then small ones: give the pages back
 
     @property
     def events_routed(self) -> int:
@@ -171,6 +173,7 @@ class RouterWorker:
                     await asyncio.gather(fetch, return_exceptions=True)
                     return
                 batch, generation = fetch.result(), self._generation
+                self._trimmer.observe(sum(len(records) for records in batch.values()))
                 if not batch:
                     await in_flight.settle()
                     await self._gauges.refresh_lag(consumer)

@@ -5,7 +5,8 @@ it again; the allocator keeps the freed pages, so the process's RSS stays at tha
 for good (measured in the soak: 77 MB steady, 174 MB after a broker restart's catch-up, live Python
 memory back where it was). Record bodies above 512 bytes live in glibc's heap, whose free pages
 ``malloc_trim`` hands back to the kernel. ``Trimmer`` calls it once the records held fell to a
-quarter of their peak since the last trim, at most every ``MIN_INTERVAL_S``.
+quarter of their peak since the last trim, at most every ``MIN_INTERVAL_S``: the delivery worker
+counts the records in flight, the router the records of each fetched batch.
 """
 
 from __future__ import annotations
