@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from services.run import ROLES, RoleOptions, run_roles, shutdown_deadline
 from services.shared import logging as logs
 from services.shared.cli import global_argv, load_settings
+from services.shared.digits import ascii_int
 from services.shared.exits import Exit
 from services.shared.metrics import ProcessMetrics
 from services.shared.runtime import run_async
@@ -42,9 +43,10 @@ def register_api(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _positive(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
+    number = ascii_int(text)
+    if number is None or number < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return int(text)
+    return number
 
 
 def add_process_options(parser: argparse.ArgumentParser, env: str) -> None:
