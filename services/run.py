@@ -27,7 +27,6 @@ from services.shared.runtime import Supervisor, Worker
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 
-ROLES = ("api", "router", "delivery")
 SHUTDOWN_MARGIN_S = 10.0  # the supervisor's deadline beyond the delivery grace period
 
 

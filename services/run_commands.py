@@ -7,25 +7,26 @@
 
 ``router`` and ``deliver`` with ``--processes N`` (N > 1) run a parent whose N children run the same
 command with ``--processes 1`` (``services.shared.processes``).
+
+Registering these commands imports nothing heavy: each command imports the composition root when it
+runs, so a router or delivery process loads only what its roles use (``tests/test_role_imports.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import socket
 import sys
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-
-from services.run import ROLES, RoleOptions, run_roles, shutdown_deadline
-from services.shared import logging as logs
 from services.shared.cli import global_argv, load_settings
 from services.shared.digits import ascii_int
 from services.shared.exits import Exit
-from services.shared.metrics import ProcessMetrics
-from services.shared.runtime import run_async
-from services.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.run import RoleOptions
+    from services.shared.settings import Settings
+
+ROLES = ("api", "router", "delivery")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -78,8 +79,22 @@ def register_deliver(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     deliver.set_defaults(func=deliver_command)
 
 
+def without_rich(roles: tuple[str, ...]) -> None:
+    """structlog imports rich when it is installed, for tracebacks these processes never render with it
+    (``services.shared.logging`` formats exceptions before its renderer). A process of router and delivery
+    roles only goes without (3 MB, 30 ms of start-up): once structlog is imported it is too late, and a
+    process that already has them (tests calling ``main``) is left as it is."""
+    if "api" not in roles and "structlog" not in sys.modules:
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+
 def run_command(args: argparse.Namespace) -> int:
     roles = ROLES if not args.role or "all" in args.role else tuple(args.role)
+    without_rich(roles)
+    from services.run import run_roles
+    from services.shared import logging as logs
+    from services.shared.runtime import run_async
+
     settings = load_settings(args)
     logs.configure(settings)
     logs.get("run").info("run.starting", roles=list(roles), metrics_port=settings.metrics.port,
@@ -88,12 +103,20 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def api_command(args: argparse.Namespace) -> int:
+    from services.run import run_roles
+    from services.shared import logging as logs
+    from services.shared.runtime import run_async
+
     settings = load_settings(args)
     logs.configure(settings)
     return run_async(run_roles(settings, ("api",)))
 
 
 def router_command(args: argparse.Namespace) -> int:
+    without_rich(("router",))
+    from services.run import RoleOptions
+    from services.shared import logging as logs
+
     settings = load_settings(args)
     logs.configure(settings)
     options = RoleOptions(group_id=args.group_id, until_idle=args.until_idle, max_records=args.max_records)
@@ -101,6 +124,10 @@ def router_command(args: argparse.Namespace) -> int:
 
 
 def deliver_command(args: argparse.Namespace) -> int:
+    without_rich(("delivery",))
+    from services.run import RoleOptions
+    from services.shared import logging as logs
+
     settings = load_settings(args)
     logs.configure(settings)
     return run_role(settings, "delivery", args, RoleOptions(args.group_id, args.until_idle),
@@ -110,7 +137,11 @@ def deliver_command(args: argparse.Namespace) -> int:
 def run_role(settings: Settings, role: str, args: argparse.Namespace, options: RoleOptions,
              configured: int | None) -> int:
     """One process of ``role`` (``--processes 1``, or a parent's child), or a parent of N."""
+    import asyncio
+
+    from services.run import run_roles
     from services.shared.processes import cpu_count
+    from services.shared.runtime import run_async
 
     if args.child is not None:
         return run_async(run_child(settings, role, options, args.child))
@@ -135,6 +166,10 @@ def child_argv(args: argparse.Namespace) -> list[str]:
 
 
 async def run_processes(settings: Settings, role: str, args: argparse.Namespace, count: int) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from services.run import shutdown_deadline
+    from services.shared.metrics import ProcessMetrics
     from services.shared.process_health import ProcessHealth
     from services.shared.processes import ProcessGroup
 
@@ -154,8 +189,12 @@ async def run_processes(settings: Settings, role: str, args: argparse.Namespace,
 async def run_child(settings: Settings, role: str, options: RoleOptions, child: str) -> int:
     """A parent's child: its logs carry ``process``; it serves health on the socket the parent bound
     for it, and drains when the parent goes away."""
+    import asyncio
+    import socket
+
     import structlog
 
+    from services.run import run_roles
     from services.shared.processes import watch_parent
 
     index, fd = (int(part) for part in child.split(":"))

@@ -25,7 +25,8 @@ from schemas.examples import GUIDE_EXAMPLE, example
 from services.demo.receiver import FAILING_PATH, OK_PATH, DemoReceiver
 from services.devtools.kafka_local import LocalKafka
 from services.publisher.publisher import Publisher
-from services.run import ROLES, run_roles
+from services.run import run_roles
+from services.run_commands import ROLES
 from services.shared import kafka
 from services.shared import logging as logs
 from services.shared.cli import check_env_file, load_settings

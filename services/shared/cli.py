@@ -1,5 +1,8 @@
 """What every command shares: the global options, the settings they give, one-shot logging; ``topics ensure``.
 
+``akece-webhooks`` imports this module for every command, the router and delivery processes too: it
+imports the logging, Kafka and output modules only in the functions that use them.
+
 ``--bootstrap-server``, ``--topic-prefix`` and ``--env-file`` go before the subcommand or after it
 (``akece-webhooks --bootstrap-server h:9092 dlq list`` or ``akece-webhooks dlq list --bootstrap-server
 h:9092``). ``--env-file`` reads settings from a dotenv file as pydantic-settings does (the environment
@@ -15,11 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from services.contract.topics import topic_specs
-from services.shared import kafka, output
-from services.shared import logging as logs
 from services.shared.errors import ConfigError
 from services.shared.settings import Settings
 
@@ -71,6 +69,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
 def one_shot(args: argparse.Namespace) -> Settings:
     """Settings and logging of a one-shot command: warnings only, on stderr (stdout is the command's output),
     and no client library lines (a Kafka failure is the command's own one line)."""
+    import structlog
+
+    from services.shared import logging as logs
+
     settings = load_settings(args)
     logs.configure(settings, level="warning")
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
@@ -92,6 +94,8 @@ def quiet_client_logs() -> None:
 
 # --- topics ensure -------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from services.shared import output
+
     topics = sub.add_parser("topics", help="manage the pipeline's topics",
                             epilog="example:\n  akece-webhooks topics ensure")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
@@ -104,6 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def ensure_command(args: argparse.Namespace) -> int:
+    from services.contract.topics import topic_specs
+    from services.shared import kafka, output
+
     settings = one_shot(args)
     result = asyncio.run(kafka.ensure_topics(settings))
     specs = {s.name: s for s in topic_specs(settings)}
