@@ -17,7 +17,6 @@ import sys
 import types
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from services import cli
@@ -25,6 +24,7 @@ from services.contract.topics import Topics
 from services.devtools.ports import free_port
 from services.shared.settings import Settings
 from tests.delivery_support import worker_env
+from tests.process_support import Parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ async def loaded_by(args: list[str], env: dict[str, str], tmp_path: Path, *, sto
             env={**env, "ROLE_IMPORTS_FILE": str(listing), "AKECE_METRICS_PORT": str(port)})
     try:
         if stop_when_ready:
-            await until_ready(port, process)
+            await Parent(process, port, log).until("/readyz", lambda status, _: status == 200, timeout=60)
             process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(60):
             code = await process.wait()
@@ -71,19 +71,6 @@ async def loaded_by(args: list[str], env: dict[str, str], tmp_path: Path, *, sto
             await process.wait()
     assert code == 0, log.read_text(errors="replace")[-2000:]
     return listing.read_text().split()
-
-
-async def until_ready(port: int, process: asyncio.subprocess.Process) -> None:
-    async with asyncio.timeout(60), aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-        while process.returncode is None:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the process ended before it was ready (exit {process.returncode})")
 
 
 async def test_router_and_delivery_processes_load_no_other_commands_modules(
