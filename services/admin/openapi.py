@@ -165,7 +165,10 @@ def _recovery_operation(method: str, path: str, summary: str) -> dict[str, Any]:
                 "delivery_id": {"type": ["string", "array"], "items": {"type": "string"},
                                 "description": "replay only: just these dead letters (delivery ids)"},
                 "dry_run": {"type": "boolean"}, "rate": {"type": "number"}, "force": {"type": "boolean"},
-                "enable": {"type": "boolean"}}}}}}
+                "enable": {"type": "boolean"},
+                "limit": {"type": "integer", "minimum": 0,
+                          "description": "replay only: at most this many now, oldest first; the same request "
+                                         "again sends the next ones (0: all)"}}}}}}
         operation["responses"]["202"] = {"description": "Started; the body has replay_id and count"}
         operation["responses"]["409"] = {"description": "Already replayed, or a run is active"}
     return operation

@@ -6,8 +6,9 @@ adds, under ``/api/v1/accounts/{account_id}/webhooks/{id}``:
 
 - ``GET .../deliveries?since=24h&limit=100``: recent attempts (attempt log), newest first.
 - ``GET .../dead_letters?since=24h&until=&event=&reason=&limit=100``: dead letters, oldest first.
-- ``POST .../replay`` body ``{since, until, event, reason, delivery_id, dry_run, rate, force, enable}``
-  (``delivery_id``: one id, a comma-separated string or a list: only those dead letters): 202 with
+- ``POST .../replay`` body ``{since, until, event, reason, delivery_id, dry_run, rate, force, enable, limit}``
+  (``delivery_id``: one id, a comma-separated string or a list: only those dead letters; ``limit``: at
+  most that many now, oldest first, the same request again sends the next ones): 202 with
   the count and the replay id (it runs in the background); 200 for a dry run or nothing to do;
   409 when everything matching was already replayed (``force`` to send again) or a run over an
   overlapping range is active: in this process or another, even one started at the same moment
@@ -37,6 +38,7 @@ from services.ops.api_requests import (
     Refusal,
     ScanSlots,
     bad,
+    body_limit,
     body_str,
     json_response,
     not_found,
@@ -168,7 +170,7 @@ class ReplayRoutes:
                                reason=body_str(body, "reason"), delivery=body_str(body, "delivery_id"))
         source = DlqSource(self.settings, filters, self.table.get)
         window = self.window(body_str(body, "since") or DEFAULT_SINCE, body_str(body, "until"))
-        return await self.runs.start("replay", source, body, request, window, webhook)
+        return await self.runs.start("replay", source, body, request, window, webhook, limit=body_limit(body))
 
     async def recover(self, request: web.Request, webhook: Webhook) -> web.Response:
         body = await read_body(request)

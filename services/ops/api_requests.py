@@ -99,6 +99,16 @@ def body_rate(body: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def body_limit(body: dict[str, Any]) -> int:
+    """A run's ``limit``: at most this many records now (0 or absent: all)."""
+    value = body.get("limit")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad("limit must be a whole number of records, 0 or more (0: all)")
+    return value
+
+
 def query_limit(request: web.Request) -> int:
     limit = ascii_int(request.query.get("limit", "100"), digits=9)
     if limit is None or not 1 <= limit <= MAX_LIMIT:
@@ -106,5 +116,5 @@ def query_limit(request: web.Request) -> int:
     return limit
 
 
-__all__ = ["MAX_LIMIT", "Refusal", "ScanSlots", "bad", "body_flag", "body_rate", "body_str", "json_response",
-           "not_found", "query_limit", "read_body"]
+__all__ = ["MAX_LIMIT", "Refusal", "ScanSlots", "bad", "body_flag", "body_limit", "body_rate", "body_str",
+           "json_response", "not_found", "query_limit", "read_body"]

@@ -62,14 +62,15 @@ class RunStarter:
             await self._own_producer.stop()
 
     async def start(self, kind: str, source: Source[Any], body: dict[str, Any], request: web.Request,
-                    window: Window, webhook: Webhook) -> web.Response:
-        """Plan the run; answer a dry run or an empty plan at once, else claim it, answer 202 and send it
-        in the background (409: refused, or claimed by another run first)."""
+                    window: Window, webhook: Webhook, *, limit: int = 0) -> web.Response:
+        """Plan the run (at most ``limit`` records, oldest first; 0: all); answer a dry run or an empty plan
+        at once, else claim it, answer 202 and send it in the background (409: refused, or claimed by
+        another run first)."""
         principal = request.get(PRINCIPAL)
         account = request.match_info["account_id"]
         user = "api:admin" if principal is not None and principal.is_admin else f"api:account:{account}"
         options = Options(dry_run=body_flag(body, "dry_run"), force=body_flag(body, "force"),
-                          enable=body_flag(body, "enable"), rate=body_rate(body), user=user)
+                          enable=body_flag(body, "enable"), rate=body_rate(body), user=user, limit=limit)
         engine = Engine(self.settings, source, producer=await self.producer(), options=options, store=self.store,
                         metrics=self.metrics)
         try:

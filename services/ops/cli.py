@@ -30,6 +30,7 @@ from services.replay.runs import RunBook
 from services.replay.window import Window, reader
 from services.shared import kafka, output
 from services.shared.cli import one_shot
+from services.shared.digits import ascii_int
 from services.shared.errors import ValidationError
 from services.shared.exits import Exit
 from services.shared.runtime import run_async
@@ -62,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     again = actions.add_parser("replay", help="re-enqueue matching dead letters (once)", epilog=(
         "examples:\n  akece-webhooks dlq replay --webhook 42 --since 6h --dry-run\n"
-        "  akece-webhooks dlq replay --reason exhausted --since 1d --rate 200/s --yes"))
+        "  akece-webhooks dlq replay --reason exhausted --since 1d --rate 200/s --yes\n"
+        "  akece-webhooks dlq replay --reason exhausted --since 1d --limit 5 --yes   # a canary first"))
     _filters(again)
+    again.add_argument("--limit", type=parse_limit, default=0, metavar="N",
+                       help="re-enqueue at most N, the oldest first; the same command again sends the next "
+                            "ones (0: all; default 0)")
     _run_flags(again)
     again.set_defaults(func=_sync(replay_command))
 
@@ -113,6 +118,14 @@ def parse_rate(text: str) -> float:
     if rate <= 0:
         raise argparse.ArgumentTypeError("rate must be positive")
     return rate
+
+
+def parse_limit(text: str) -> int:
+    limit = ascii_int(text.strip())
+    if limit is None:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: use a whole number of records, 0 or more "
+                                         "(0: all)")
+    return limit
 
 
 def _sync(handler: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]],
@@ -202,9 +215,9 @@ def _plan(kind: str, plan: Plan, filters: dict[str, Any], sample: list[dict[str,
         output.emit(render.plan_text(kind, plan, filters), "sample:", table)
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _options(args: argparse.Namespace, limit: int = 0) -> Options:
     return Options(dry_run=args.dry_run, force=args.force, enable=args.enable, rate=args.rate,
-                   checkpoint_every=args.checkpoint_every)
+                   checkpoint_every=args.checkpoint_every, limit=limit)
 
 
 def _report(args: argparse.Namespace, kind: str, summary: Summary, filters: dict[str, Any]) -> int:
@@ -225,7 +238,7 @@ async def replay_command(args: argparse.Namespace, settings: Settings) -> int:
         store = SubscriptionStore(settings, table, producer)
         try:
             summary = await replay(settings, filters, window, lookup=table.get, producer=producer,
-                                   options=_options(args), store=store,
+                                   options=_options(args, args.limit), store=store,
                                    confirm=_confirm(args, "replay", filters.to_json()),
                                    progress=_progress(args.json))
         except ReplayRefusedError as exc:

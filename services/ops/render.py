@@ -59,6 +59,8 @@ def plan_text(kind: str, plan: Plan, filters: dict[str, Any]) -> str:
     lines.append(f"  read {plan.stats.records} records; {plan.matched} match the filters")
     hooks = ", ".join(f"{w}: {n}" for w, n in plan.by_webhook.most_common(10))
     lines.append(f"  to re-enqueue: {plan.total}" + (f" (by webhook: {hooks})" if hooks else ""))
+    if plan.left:
+        lines.append(f"  left for a later run (--limit): {plan.left}")
     if plan.done_before:
         lines.append(f"  done before the interruption: {plan.done_before}")
     if plan.covered_by:
@@ -79,13 +81,15 @@ def summary_text(summary: Summary) -> str:
     if summary.status == "refused":
         return (f"refused: all {plan.already_replayed} matching records were already re-enqueued by "
                 f"{', '.join(plan.covered_by)}; use --force to send them again")
-    if summary.status != "done":
+    if summary.status not in {"done", "partial"}:
         return {"dry_run": "dry run: nothing sent", "aborted": "aborted: nothing sent",
                 "nothing_to_do": "nothing to re-enqueue"}.get(summary.status, summary.status)
-    text = (f"done: {summary.enqueued} re-enqueued in {duration(summary.seconds)} "
+    text = (f"{summary.status}: {summary.enqueued} re-enqueued in {duration(summary.seconds)} "
             f"({summary.rate:,.0f}/s), run {plan.run_id}")
     if summary.vanished:
         text += f"; {summary.vanished} gone since planning (retention or webhook deleted)"
+    if plan.left:
+        text += f"; {plan.left} left for a later run: the same command sends the next ones (--limit 0: all of them)"
     return text
 
 

@@ -19,6 +19,11 @@ whether it is inside the run's filters and what goes back on the deliveries topi
    ``checkpoint_interval_s`` it awaits the acknowledgements and only then writes the checkpoint: per
    source partition, the offset below which every record is finished.
 
+**A few first** (``--limit N``). The plan sends only the N oldest records to send (per partition a
+prefix, in offset order) and stops each partition at the first record it leaves: the run is then
+recorded as ``partial`` with that checkpoint, an unfinished run like an interrupted one, so the same
+command resumes it and sends the next ones, and never what the checkpoint says is finished.
+
 **Never twice.** A crash after some acknowledgements and before the next checkpoint leaves up to
 ``checkpoint_every`` records (or a second's worth) re-enqueued but not checkpointed. They are not
 sent again: each checkpoint also records, per deliveries partition, the offset after this run's
@@ -131,11 +136,12 @@ class Engine(Generic[T]):
             await self.claims.release(claim)
             raise
         try:
-            await self._finish(run)
+            await self._finish(run, plan.stops if plan.left else None)
         finally:
             await self.claims.release(claim)
-        log.info(f"{run.kind}.finished", run_id=run.id, enqueued=sender.enqueued, seconds=round(sender.seconds, 3))
-        return Summary(plan, "done", sender.enqueued, sender.seconds, sender.vanished)
+        log.info(f"{run.kind}.finished", run_id=run.id, enqueued=sender.enqueued, left=plan.left,
+                 seconds=round(sender.seconds, 3))
+        return Summary(plan, "partial" if plan.left else "done", sender.enqueued, sender.seconds, sender.vanished)
 
     async def _enable(self, webhooks: set[int]) -> None:
         if webhooks and self.store is None:
@@ -154,20 +160,23 @@ class Engine(Generic[T]):
                 "claim": claim, "dead_after_s": self.options.dead_after_s, "error": None,
                 "skipped_webhooks": {**plan.skipped_webhooks, **plan.resumed.skipped_webhooks},
                 "enqueued": plan.resumed.enqueued + plan.tail_found,
-                "total": plan.resumed.enqueued + plan.tail_found + plan.total, "counts": plan.counts()})
+                "total": plan.resumed.enqueued + plan.tail_found + plan.total + plan.left, "counts": plan.counts()})
         return Run(id=plan.run_id, kind=self.source.kind, status="running", user=self.options.user, host=host_name(),
                    pid=os.getpid(), started_at=now, updated_at=now, heartbeat=time.time(),
                    source_topic=self.source.topic, filters=self.source.filters, window=plan.window,
                    ranges=plan.ranges, checkpoint={p: start for p, (start, _) in plan.ranges.items()},
                    deliveries_from=dict(plan.deliveries_ends), skipped_webhooks=dict(plan.skipped_webhooks),
                    generation=plan.generation, force=self.options.force, enable=self.options.enable,
-                   rate=self.options.rate, counts=plan.counts(), total=plan.total, claim=claim,
+                   rate=self.options.rate, counts=plan.counts(), total=plan.total + plan.left, claim=claim,
                    dead_after_s=self.options.dead_after_s)
 
-    async def _finish(self, run: Run) -> None:
-        run.status = "done"
-        run.finished_at = now_iso()
-        run.checkpoint = {p: end for p, (_, end) in run.ranges.items()}
+    async def _finish(self, run: Run, stops: dict[int, int] | None = None) -> None:
+        """Record the run done, or ``partial`` up to ``stops`` (a limited run leaving records for later)."""
+        if stops:
+            run.status, run.checkpoint = "partial", dict(stops)
+        else:
+            run.status, run.finished_at = "done", now_iso()
+            run.checkpoint = {p: end for p, (_, end) in run.ranges.items()}
         await runs.write(self.producer, self.settings, run)
 
 

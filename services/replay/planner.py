@@ -4,15 +4,20 @@ The window becomes a source offset range per partition; the run is identified (a
 resume, or the first generation not yet done), refused while an overlapping one runs or is claimed,
 and the range is read once, deciding per record (see ``engine`` for the reasons a record is
 skipped, superseded, already replayed or done). Only the offsets to send are kept (8 bytes each).
+With ``Options.limit``, the oldest of them are sent (``oldest_first``) and the run stops where the
+first one left is: the same command resumes it from there.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from itertools import islice
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
@@ -31,6 +36,26 @@ log = logs.get("replay")
 
 T = TypeVar("T")
 INTERNAL_ERROR = "internal_error"  # the skip reason of a record whose handling raised unexpectedly
+
+
+class Candidate(NamedTuple):
+    """A record to send, as the scan found it (``time``: the record's timestamp, ms)."""
+
+    time: int
+    partition: int
+    offset: int
+    delivery_id: str
+    webhook_id: int
+
+
+def oldest_first(candidates: Iterable[Candidate], limit: int) -> list[Candidate]:
+    """The ``limit`` oldest ``candidates`` (by time, then partition and offset), taken per partition in
+    offset order (``candidates`` come in that order), so that what is taken is a prefix of each partition's."""
+    partitions: dict[int, list[Candidate]] = {}
+    for candidate in candidates:
+        partitions.setdefault(candidate.partition, []).append(candidate)
+    merged = heapq.merge(*partitions.values(), key=lambda c: (c.time, c.partition, c.offset))
+    return list(islice(merged, limit))
 
 
 class Planner(Generic[T]):
@@ -110,8 +135,9 @@ class Planner(Generic[T]):
         own_tail = tails.get(resumed.id, set()) if resumed else set()
         last: dict[str, tuple[int, int]] = {}
         replayed: dict[tuple[str, str | None], str] = {}  # (delivery id, origin) -> the run that covered it
-        candidates: list[tuple[int, int, str, int]] = []
+        candidates: list[Candidate] = []
         samples: list[tuple[int, int, dict[str, Any]]] = []
+        sampled: Counter[int] = Counter()
         async for records in read_ranges(consumer, self.source.topic, plan.ranges, plan.stats):
             for record in records:
                 item, decision = self.decide(record)
@@ -147,8 +173,9 @@ class Planner(Generic[T]):
                         plan.skipped_webhooks.setdefault(decision.webhook_id, "webhook_disabled")
                         continue
                     plan.to_enable.add(decision.webhook_id)
-                candidates.append((*where, decision.delivery_id, decision.webhook_id))
-                if len(samples) < 4 * self.options.sample_size:
+                candidates.append(Candidate(record.timestamp, *where, decision.delivery_id, decision.webhook_id))
+                if sampled[where[0]] < 4 * self.options.sample_size:  # per partition: a limit takes prefixes
+                    sampled[where[0]] += 1
                     samples.append((*where, self._describe(record, item)))
         self._select(plan, candidates, last, samples)
 
@@ -186,21 +213,38 @@ class Planner(Generic[T]):
                 return run.id
         return None
 
-    def _select(self, plan: Plan, candidates: list[tuple[int, int, str, int]], last: dict[str, tuple[int, int]],
+    def _select(self, plan: Plan, candidates: list[Candidate], last: dict[str, tuple[int, int]],
                 samples: list[tuple[int, int, dict[str, Any]]]) -> None:
-        chosen: set[tuple[int, int]] = set()
-        for partition, offset, delivery, webhook in candidates:
-            if last[delivery] != (partition, offset):
+        fresh: list[Candidate] = []
+        for candidate in candidates:
+            if last[candidate.delivery_id] != (candidate.partition, candidate.offset):
                 plan.skipped["superseded"] += 1
-                continue
-            plan.selected.setdefault(partition, array("q")).append(offset)
-            plan.by_webhook[webhook] += 1
+            else:
+                fresh.append(candidate)
+        taken = fresh
+        if 0 < self.options.limit < len(fresh):
+            taken = oldest_first(fresh, self.options.limit)
+            plan.left = len(fresh) - len(taken)
+            plan.stops = _stops(plan, fresh, set(taken))
+        described = {(p, o) for p, o, _ in samples}
+        chosen: set[tuple[int, int]] = set()
+        for candidate in taken:  # in offset order per partition
+            plan.selected.setdefault(candidate.partition, array("q")).append(candidate.offset)
+            plan.by_webhook[candidate.webhook_id] += 1
             plan.total += 1
-            if len(chosen) < len(samples):
-                chosen.add((partition, offset))
+            if (candidate.partition, candidate.offset) in described:
+                chosen.add((candidate.partition, candidate.offset))
         plan.to_enable &= set(plan.by_webhook)
         plan.sample = [d for p, o, d in samples if (p, o) in chosen][: self.options.sample_size]
 
+
+def _stops(plan: Plan, candidates: Sequence[Candidate], taken: set[Candidate]) -> dict[int, int]:
+    """Per partition, where a limited run stops: at the first candidate it leaves, or at the range's end."""
+    stops = {partition: end for partition, (_, end) in plan.ranges.items()}
+    for candidate in reversed(candidates):
+        if candidate not in taken:
+            stops[candidate.partition] = candidate.offset
+    return stops
 
 async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs: Sequence[Run]) -> dict[str, set[str]]:
     """Delivery ids on the deliveries topic carrying one of ``runs``' ids, written since their checkpoints."""
@@ -225,4 +269,4 @@ async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs:
     return found
 
 
-__all__ = ["INTERNAL_ERROR", "Planner", "enqueued_by"]
+__all__ = ["INTERNAL_ERROR", "Candidate", "Planner", "enqueued_by", "oldest_first"]

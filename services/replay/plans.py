@@ -80,8 +80,12 @@ class Options:
     sample_size: int = 10
     heartbeat_s: float = HEARTBEAT_S
     dead_after_s: float = runs.STALE_AFTER_S
+    limit: int = 0
+    """Send at most this many records now, oldest first; the same command again sends the next (0: all)."""
 
     def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ConfigError(f"limit ({self.limit}) must be 0 (all) or more")
         if not 0 < self.heartbeat_s < self.dead_after_s:
             raise ConfigError(f"heartbeat_s ({self.heartbeat_s}) must be positive and below dead_after_s "
                               f"({self.dead_after_s})")
@@ -112,20 +116,26 @@ class Plan:
     """End offset of the claims partition in the plan's run book: later claims were not seen."""
     claim: Claim | None = None
     """The claim this plan won (``Engine.claim``), once it did."""
+    left: int = 0
+    """Records to send that ``Options.limit`` leaves for a later run of the same command."""
+    stops: dict[int, int] = field(default_factory=dict)
+    """With ``left``: source partition -> where this run stops reading, the checkpoint it then records
+    (every record below it is finished; the first one it leaves is there)."""
 
     @property
     def already_replayed(self) -> int:
         return sum(self.covered_by.values())
 
     def counts(self) -> dict[str, int]:
-        return {"matched": self.matched, "to_send": self.total, "done_before": self.done_before,
+        return {"matched": self.matched, "to_send": self.total, "left_for_later": self.left,
+                "done_before": self.done_before,
                 "already_replayed": self.already_replayed, **{f"skipped_{k}": v for k, v in self.skipped.items()}}
 
 
 @dataclass
 class Summary:
     plan: Plan
-    status: str  # dry_run | refused | aborted | nothing_to_do | done
+    status: str  # dry_run | refused | aborted | nothing_to_do | done | partial (done, ``plan.left`` left)
     enqueued: int = 0
     seconds: float = 0.0
     vanished: int = 0

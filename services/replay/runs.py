@@ -45,7 +45,8 @@ from services.shared import logging as logs
 from services.shared.settings import Settings
 
 Kind = Literal["replay", "recover"]
-Status = Literal["running", "interrupted", "failed", "done"]
+Status = Literal["running", "interrupted", "failed", "partial", "done"]
+"""``partial``: a limited run (``--limit``) sent its share; the same command resumes it for the rest."""
 log = logs.get("replay.ledger")
 ID_PREFIX: dict[str, str] = {"replay": "rp_", "recover": "rc_"}
 STALE_AFTER_S = 90.0  # default: a running run silent this long is presumed dead (acks wait up to send_timeout_s)

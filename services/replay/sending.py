@@ -55,7 +55,9 @@ class RunSender:
 
     async def send_all(self) -> None:
         engine, source = self.engine, self.engine.source
-        ranges = {p: (max(start, self.cursor.get(p, start)), end) for p, (start, end) in self.plan.ranges.items()}
+        stops = self.plan.stops  # a limited run reads up to the first record it leaves
+        ranges = {p: (max(start, self.cursor.get(p, start)), stops.get(p, end))
+                  for p, (start, end) in self.plan.ranges.items()}
         pointers: dict[int, int] = {}
         async with kafka.started(reader(engine.settings)) as consumer:
             async for records in read_ranges(consumer, source.topic, ranges):
