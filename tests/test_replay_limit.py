@@ -132,7 +132,7 @@ async def test_cli_partial_run_says_what_is_left(settings: Settings, topics: Top
     assert "partial: 1 re-enqueued" in done.stdout and "3 left for a later run" in done.stdout
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "2.5", "", "３"])
+@pytest.mark.parametrize("value", ["-1", "abc", "2.5", "", "\uff13"])  # the last: a full-width 3
 def test_cli_refuses_a_bad_limit(value: str) -> None:
     done = subprocess.run([sys.executable, "-m", "services", "dlq", "replay", f"--limit={value}", "--dry-run"],
                           capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
