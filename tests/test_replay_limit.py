@@ -133,8 +133,9 @@ async def test_cli_partial_run_says_what_is_left(settings: Settings, topics: Top
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "2.5", "", "\uff13"])  # the last: a full-width 3
-def test_cli_refuses_a_bad_limit(value: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "services", "dlq", "replay", f"--limit={value}", "--dry-run"],
+@pytest.mark.parametrize("action", ["replay", "list"])
+def test_cli_refuses_a_bad_limit(action: str, value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "services", "dlq", action, f"--limit={value}"],
                           capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
                           env={"PATH": "/usr/bin:/bin", "AKECE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert done.returncode == 2 and done.stdout == ""

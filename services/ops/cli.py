@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "examples:\n  akece-webhooks dlq list --since 2h --reason exhausted\n"
         "  akece-webhooks dlq list --webhook 42 --limit 0 --json"))
     _filters(listing)
-    listing.add_argument("--limit", type=int, default=100, help="newest N shown (0: all; default 100)")
+    listing.add_argument("--limit", type=parse_limit, default=100, metavar="N",
+                         help="newest N shown (0: all; default 100)")
     output.add_json_option(listing, "a table (every matching dead letter, one object each)")
     listing.set_defaults(func=_sync(list_command))
 

@@ -173,7 +173,8 @@ class Planner(Generic[T]):
                         plan.skipped_webhooks.setdefault(decision.webhook_id, "webhook_disabled")
                         continue
                     plan.to_enable.add(decision.webhook_id)
-                candidates.append(Candidate(record.timestamp, *where, decision.delivery_id, decision.webhook_id))
+                stamp = record.timestamp if self.options.limit else 0  # only a limit orders by time
+                candidates.append(Candidate(stamp, *where, decision.delivery_id, decision.webhook_id))
                 if sampled[where[0]] < 4 * self.options.sample_size:  # per partition: a limit takes prefixes
                     sampled[where[0]] += 1
                     samples.append((*where, self._describe(record, item)))
@@ -245,6 +246,7 @@ def _stops(plan: Plan, candidates: Sequence[Candidate], taken: set[Candidate]) -
         if candidate not in taken:
             stops[candidate.partition] = candidate.offset
     return stops
+
 
 async def enqueued_by(consumer: AIOKafkaConsumer, topic: str, header: str, runs: Sequence[Run]) -> dict[str, set[str]]:
     """Delivery ids on the deliveries topic carrying one of ``runs``' ids, written since their checkpoints."""
