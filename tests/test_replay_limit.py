@@ -91,6 +91,67 @@ async def test_limited_runs_send_the_oldest_then_the_next_and_never_twice(settin
     assert Counter(sent) == Counter(s.delivery_id for s in specs)  # each once
 
 
+async def test_dead_letters_arriving_after_the_canary_need_one_more_run(settings: Settings, topics: Topics) -> None:
+    specs = _specs(101, 8)
+    async with running_store(settings) as store:
+        await put_webhooks(store, [webhook(1, webhook_id=101)])
+        await produce_dead_letters(store.producer, topics.dlq, specs[:6])
+        canary = await run(store, DlqFilter(), limit=2)
+        await produce_dead_letters(store.producer, topics.dlq, specs[6:])  # failed again meanwhile
+
+        rest = await run(store, DlqFilter())  # the window now reaches further: the canary's run goes on
+        assert rest.status == "done" and rest.plan.run_id == canary.plan.run_id and rest.enqueued == 4
+        assert rest.plan.notice is not None and "run the command again afterwards" in rest.plan.notice
+
+        late = await run(store, DlqFilter())
+        assert late.status == "done" and late.enqueued == 2 and late.plan.already_replayed == 6
+    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+
+
+async def test_a_limited_run_killed_before_its_checkpoint_is_not_sent_again(settings: Settings,
+                                                                            topics: Topics) -> None:
+    from services.replay import runs as ledger
+
+    specs = _specs(101, 10)
+    async with running_store(settings) as store:
+        await put_webhooks(store, [webhook(1, webhook_id=101)])
+        await produce_dead_letters(store.producer, topics.dlq, specs)
+        first = await run(store, DlqFilter(), limit=3)
+        partial = (await RunBook.load(settings)).runs[first.plan.run_id]
+        crashed = partial.model_copy(update={  # as a kill after the three acks, before any checkpoint, leaves it
+            "status": "running", "pid": 2**22 + 1, "enqueued": 0,
+            "checkpoint": {p: start for p, (start, _) in partial.ranges.items()},
+            "deliveries_from": {p: 0 for p in range(settings.kafka.partitions)}})
+        await ledger.write(store.producer, settings, crashed)
+
+        second = await run(store, DlqFilter(), limit=3)
+        assert second.plan.tail_found == 3 and second.enqueued == 3 and second.status == "partial"
+        rest = await run(store, DlqFilter())
+        assert rest.status == "done" and rest.enqueued == 4
+    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+
+
+async def test_enable_added_after_the_canary_is_refused_until_the_run_is_finished(settings: Settings,
+                                                                                  topics: Topics) -> None:
+    from services.replay.plans import ReplayRefusedError
+
+    now = time.time()
+    specs = [DeadSpec(101 if i % 2 else 102, 1, now - 600 + 10 * i, conversation=i) for i in range(10)]
+    async with running_store(settings) as store:
+        await put_webhooks(store, [webhook(1, webhook_id=101), webhook(1, webhook_id=102, enabled=False)])
+        await produce_dead_letters(store.producer, topics.dlq, specs)
+        canary = await run(store, DlqFilter(), limit=2)
+        assert canary.status == "partial" and canary.plan.skipped == Counter({"webhook_disabled": 5})
+        with pytest.raises(ReplayRefusedError, match=r"started without --enable .* webhooks 102: finish it"):
+            await run(store, DlqFilter(), enable=True)  # it would leave 102's skipped records behind for good
+
+        rest = await run(store, DlqFilter())
+        assert rest.status == "done" and rest.enqueued == 3
+        enabled = await run(store, DlqFilter(), enable=True)
+        assert enabled.status == "done" and enabled.enqueued == 5 and enabled.plan.already_replayed == 5
+    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+
+
 # --- the CLI, end to end -------------------------------------------------------------------------------
 async def test_cli_canary_then_the_rest_reach_the_receiver_once(settings: Settings, receiver: Receiver) -> None:
     specs = _specs(101, 10)

@@ -77,6 +77,7 @@ class Planner(Generic[T]):
             plan.claims_from = book.ends.get(CLAIM_PARTITION, 0)
             self._unclaimed(book, plan)
             if plan.resumed is not None:  # a resumed run keeps the flags it started with
+                self._refuse_late_enable(plan.resumed)
                 self.options = replace(self.options, force=self.options.force or plan.resumed.force,
                                        enable=self.options.enable or plan.resumed.enable)
             priors = self._priors(book, plan)
@@ -111,6 +112,19 @@ class Planner(Generic[T]):
         return Plan(run.id, run.generation, dict(run.ranges), run.window, resumed=run,
                     notice=f"resuming {run.kind} {run.id} ({run.status}, started {run.started_at} by {run.user}, "
                            f"{run.enqueued} of {run.total} re-enqueued)")
+
+    def _refuse_late_enable(self, run: Run) -> None:
+        """``--enable`` added when resuming a run that skipped disabled webhooks' records below its checkpoint:
+        the resume would not send those (finished, for the checkpoint), and a later run would send them all,
+        some a second time. Refused: the run is finished with its own flags, then a run with --enable follows."""
+        if not self.options.enable or run.enable:
+            return
+        disabled = sorted(w for w, reason in run.skipped_webhooks.items() if reason == "webhook_disabled")
+        if disabled and any(run.checkpoint.get(p, start) > start for p, (start, _) in run.ranges.items()):
+            raise ReplayRefusedError(
+                f"{run.kind} {run.id} ({run.status}) started without --enable and skipped the records of disabled "
+                f"webhooks {', '.join(map(str, disabled[:10]))}: finish it with the same command without --enable, "
+                "then run it again with --enable to send those")
 
     def _priors(self, book: RunBook, plan: Plan) -> list[Run]:
         priors = [r for r in book.of_kind(self.source.kind) if r.id != plan.run_id and overlaps(r.ranges, plan.ranges)]
