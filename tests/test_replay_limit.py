@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import orjson
 import pytest
 
-from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
+from bench.fixtures import DeadSpec, Store, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
 from services.contract import headers as h
 from services.contract.dead_letters import DlqFilter
 from services.contract.topics import Topics
@@ -21,6 +23,7 @@ from services.replay.planner import Candidate, oldest_first
 from services.replay.runs import RunBook
 from services.shared import kafka
 from services.shared.settings import Settings
+from services.shared.webhooks import Webhook
 from tests.delivery_support import stack
 from tests.receiver import Receiver
 from tests.test_replay import ONE_TOKEN, TOKENS, read_all, run
@@ -41,6 +44,20 @@ def _sent_ids(records: list[object]) -> list[str]:
     return [h.to_dict(r.headers)[h.DELIVERY_ID] for r in records]  # type: ignore[attr-defined]
 
 
+@asynccontextmanager
+async def _dead_letters(settings: Settings, specs: list[DeadSpec], *hooks: Webhook) -> AsyncIterator[Store]:
+    """A running store with ``hooks`` (default: webhook 101 of account 1) and ``specs`` on the DLQ."""
+    async with running_store(settings) as store:
+        await put_webhooks(store, hooks or [webhook(1, webhook_id=101)])
+        await produce_dead_letters(store.producer, Topics.from_settings(settings).dlq, specs)
+        yield store
+
+
+async def _assert_each_sent_once(settings: Settings, specs: list[DeadSpec]) -> None:
+    sent = _sent_ids(await read_all(settings, Topics.from_settings(settings).deliveries))
+    assert Counter(sent) == Counter(s.delivery_id for s in specs)
+
+
 # --- the pure choice -------------------------------------------------------------------------------
 def test_oldest_first_takes_the_oldest_as_a_prefix_of_each_partition() -> None:
     def c(time_ms: int, partition: int, offset: int) -> Candidate:
@@ -58,10 +75,7 @@ def test_oldest_first_takes_the_oldest_as_a_prefix_of_each_partition() -> None:
 async def test_limited_runs_send_the_oldest_then_the_next_and_never_twice(settings: Settings,
                                                                           topics: Topics) -> None:
     specs = _specs(101, 10)
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=101)])
-        await produce_dead_letters(store.producer, topics.dlq, specs)
-
+    async with _dead_letters(settings, specs) as store:
         dry = await run(store, DlqFilter(), dry_run=True, limit=3)
         assert dry.status == "dry_run" and (dry.plan.total, dry.plan.left) == (3, 7)
         assert sorted(s["delivery_id"] for s in dry.plan.sample) == sorted(s.delivery_id for s in specs[:3])
@@ -69,8 +83,7 @@ async def test_limited_runs_send_the_oldest_then_the_next_and_never_twice(settin
         first = await run(store, DlqFilter(), limit=3)
         assert first.status == "partial" and first.enqueued == 3 and first.plan.left == 7
         assert first.plan.counts()["left_for_later"] == 7
-        assert sorted(_sent_ids(await read_all(settings, topics.deliveries))) == sorted(s.delivery_id
-                                                                                       for s in specs[:3])
+        await _assert_each_sent_once(settings, specs[:3])
         recorded = (await RunBook.load(settings)).runs[first.plan.run_id]
         assert recorded.status == "partial" and (recorded.enqueued, recorded.total) == (3, 10)
         assert recorded.checkpoint == first.plan.stops and recorded.finished_at is None
@@ -78,8 +91,7 @@ async def test_limited_runs_send_the_oldest_then_the_next_and_never_twice(settin
         second = await run(store, DlqFilter(), limit=3)  # the same command: the next three
         assert second.status == "partial" and second.plan.run_id == first.plan.run_id
         assert (second.enqueued, second.plan.left, second.plan.done_before) == (3, 4, 3)
-        assert sorted(_sent_ids(await read_all(settings, topics.deliveries))) == sorted(s.delivery_id
-                                                                                       for s in specs[:6])
+        await _assert_each_sent_once(settings, specs[:6])
 
         rest = await run(store, DlqFilter(), limit=0)
         assert rest.status == "done" and rest.enqueued == 4 and rest.plan.left == 0
@@ -87,15 +99,12 @@ async def test_limited_runs_send_the_oldest_then_the_next_and_never_twice(settin
         assert recorded.status == "done" and (recorded.enqueued, recorded.total) == (10, 10)
 
         assert (await run(store, DlqFilter(), limit=3)).status == "refused"
-    sent = _sent_ids(await read_all(settings, topics.deliveries))
-    assert Counter(sent) == Counter(s.delivery_id for s in specs)  # each once
+    await _assert_each_sent_once(settings, specs)
 
 
 async def test_dead_letters_arriving_after_the_canary_need_one_more_run(settings: Settings, topics: Topics) -> None:
     specs = _specs(101, 8)
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=101)])
-        await produce_dead_letters(store.producer, topics.dlq, specs[:6])
+    async with _dead_letters(settings, specs[:6]) as store:
         canary = await run(store, DlqFilter(), limit=2)
         await produce_dead_letters(store.producer, topics.dlq, specs[6:])  # failed again meanwhile
 
@@ -105,7 +114,7 @@ async def test_dead_letters_arriving_after_the_canary_need_one_more_run(settings
 
         late = await run(store, DlqFilter())
         assert late.status == "done" and late.enqueued == 2 and late.plan.already_replayed == 6
-    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+    await _assert_each_sent_once(settings, specs)
 
 
 async def test_a_limited_run_killed_before_its_checkpoint_is_not_sent_again(settings: Settings,
@@ -113,9 +122,7 @@ async def test_a_limited_run_killed_before_its_checkpoint_is_not_sent_again(sett
     from services.replay import runs as ledger
 
     specs = _specs(101, 10)
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=101)])
-        await produce_dead_letters(store.producer, topics.dlq, specs)
+    async with _dead_letters(settings, specs) as store:
         first = await run(store, DlqFilter(), limit=3)
         partial = (await RunBook.load(settings)).runs[first.plan.run_id]
         crashed = partial.model_copy(update={  # as a kill after the three acks, before any checkpoint, leaves it
@@ -128,7 +135,7 @@ async def test_a_limited_run_killed_before_its_checkpoint_is_not_sent_again(sett
         assert second.plan.tail_found == 3 and second.enqueued == 3 and second.status == "partial"
         rest = await run(store, DlqFilter())
         assert rest.status == "done" and rest.enqueued == 4
-    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+    await _assert_each_sent_once(settings, specs)
 
 
 async def test_enable_added_after_the_canary_is_refused_until_the_run_is_finished(settings: Settings,
@@ -137,9 +144,8 @@ async def test_enable_added_after_the_canary_is_refused_until_the_run_is_finishe
 
     now = time.time()
     specs = [DeadSpec(101 if i % 2 else 102, 1, now - 600 + 10 * i, conversation=i) for i in range(10)]
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=101), webhook(1, webhook_id=102, enabled=False)])
-        await produce_dead_letters(store.producer, topics.dlq, specs)
+    hooks = webhook(1, webhook_id=101), webhook(1, webhook_id=102, enabled=False)
+    async with _dead_letters(settings, specs, *hooks) as store:
         canary = await run(store, DlqFilter(), limit=2)
         assert canary.status == "partial" and canary.plan.skipped == Counter({"webhook_disabled": 5})
         with pytest.raises(ReplayRefusedError, match=r"started without --enable .* webhooks 102: finish it"):
@@ -149,7 +155,7 @@ async def test_enable_added_after_the_canary_is_refused_until_the_run_is_finishe
         assert rest.status == "done" and rest.enqueued == 3
         enabled = await run(store, DlqFilter(), enable=True)
         assert enabled.status == "done" and enabled.enqueued == 5 and enabled.plan.already_replayed == 5
-    assert Counter(_sent_ids(await read_all(settings, topics.deliveries))) == Counter(s.delivery_id for s in specs)
+    await _assert_each_sent_once(settings, specs)
 
 
 # --- the CLI, end to end -------------------------------------------------------------------------------
@@ -183,9 +189,8 @@ async def test_cli_canary_then_the_rest_reach_the_receiver_once(settings: Settin
 
 
 async def test_cli_partial_run_says_what_is_left(settings: Settings, topics: Topics) -> None:
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=101)])
-        await produce_dead_letters(store.producer, topics.dlq, _specs(101, 4))
+    async with _dead_letters(settings, _specs(101, 4)):
+        pass  # on the DLQ: the command runs on its own
     done = _cli(settings, "dlq", "replay", "--since", "1h", "--limit", "1", "--yes")
     assert done.returncode == 0, done.stderr
     assert "to re-enqueue: 1 (by webhook: 101: 1)" in done.stdout
@@ -213,12 +218,9 @@ async def test_api_replay_takes_a_limit(kafka_bootstrap: str) -> None:
     from tests.conftest import make_settings
 
     settings = make_settings(kafka_bootstrap, **TOKENS)
-    topics = Topics.from_settings(settings)
     await kafka.ensure_topics(settings)
     specs = _specs(601, 5)
-    async with running_store(settings) as store:
-        await put_webhooks(store, [webhook(1, webhook_id=601)])
-        await produce_dead_letters(store.producer, topics.dlq, specs)
+    async with _dead_letters(settings, specs, webhook(1, webhook_id=601)) as store:
         app = Application()
         routes = add_replay_routes(app, settings, store.table, store, producer=store.producer)
         async with TestClient(TestServer(app)) as client:
@@ -234,13 +236,11 @@ async def test_api_replay_takes_a_limit(kafka_bootstrap: str) -> None:
             payload = (await started.json())["payload"]
             assert payload["count"] == 2 and payload["counts"]["left_for_later"] == 3
             await asyncio.gather(*routes.tasks)
-            assert sorted(_sent_ids(await read_all(settings, topics.deliveries))) == sorted(
-                s.delivery_id for s in specs[:2])
+            await _assert_each_sent_once(settings, specs[:2])
             state = (await (await client.get(f"{base}/replays/{payload['replay_id']}", headers=one)).json())
             assert state["payload"]["status"] == "partial" and state["payload"]["enqueued"] == 2
 
             rest = await client.post(f"{base}/replay", json={"since": "1h", "limit": 0}, headers=one)
             assert rest.status == 202 and (await rest.json())["payload"]["count"] == 3
             await asyncio.gather(*routes.tasks)
-    sent = _sent_ids(await read_all(settings, topics.deliveries))
-    assert Counter(sent) == Counter(s.delivery_id for s in specs)
+    await _assert_each_sent_once(settings, specs)
