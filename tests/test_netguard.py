@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.delivery.http import HttpSender
 from services.shared.errors import BlockedDestinationError, TransportError
-from services.shared.netguard import GuardedResolver, NetworkGuard, classify, is_blocked
+from services.shared.netguard import NetworkGuard, classify, is_blocked
+from services.shared.settings import HttpSettings
+from tests.receiver import Receiver
 
 BLOCKED = [
     ("0.0.0.0", "unspecified"), ("0.1.2.3", "unspecified"), ("::", "unspecified"),
@@ -137,22 +138,18 @@ async def test_system_resolver_sees_localhost_as_loopback() -> None:
         await NetworkGuard([]).check_host("no-such-host.invalid")
 
 
-class _Static(AbstractResolver):
-    def __init__(self, addresses: list[str]) -> None:
-        self.addresses = addresses
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        return [ResolveResult(hostname=host, host=a, port=port, family=family, proto=0,
-                              flags=socket.AI_NUMERICHOST) for a in self.addresses]
-
-    async def close(self) -> None:
-        return None
+async def _static(host: str) -> list[str]:
+    return {"mixed.test": ["10.0.0.1", "127.0.0.1"], "meta.test": ["169.254.169.254", "10.1.2.3"]}[host]
 
 
-async def test_guarded_resolver_connects_only_to_allowed_addresses() -> None:
-    resolver = GuardedResolver(NetworkGuard([]), _Static(["10.0.0.1", "8.8.8.8"]))
-    assert [r["host"] for r in await resolver.resolve("mixed.test", 443)] == ["8.8.8.8"]
-    with pytest.raises(BlockedDestinationError):
-        await GuardedResolver(NetworkGuard([]), _Static(["169.254.169.254"])).resolve("meta.test", 80)
-    await resolver.close()
+async def test_the_sender_connects_only_to_the_allowed_addresses_of_a_name(receiver: Receiver) -> None:
+    """``mixed.test`` resolves to a private address and to 127.0.0.1 (allowed here): the POST goes to
+    127.0.0.1, named ``mixed.test``; ``meta.test`` resolves only to blocked addresses: nothing is sent."""
+    guard = NetworkGuard(["127.0.0.0/8"], resolver=_static)
+    async with HttpSender(HttpSettings(), guard) as sender:
+        sent = await sender.post(f"http://mixed.test:{receiver.port}/hook", b"{}", {"webhook-id": "d-1"})
+        blocked = await sender.post(f"http://meta.test:{receiver.port}/hook", b"{}", {"webhook-id": "d-2"})
+    assert (sent.status, sent.error_class) == (200, None)
+    assert [r.headers["Host"] for r in receiver.requests] == [f"mixed.test:{receiver.port}"]
+    assert (blocked.error_class, blocked.error_message) == (
+        "blocked_destination", "meta.test resolves only to blocked addresses (cloud_metadata, private)")

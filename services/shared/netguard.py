@@ -29,9 +29,6 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
-
 from services.shared.errors import BlockedDestinationError, TransportError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -178,26 +175,3 @@ class NetworkGuard:
     async def check_host(self, host: str) -> None:
         """Raise ``BlockedDestinationError`` when every address of ``host`` is blocked."""
         await self.resolve(host)
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that drops blocked addresses, so connections go only to allowed ones.
-
-    ``aiohttp.TCPConnector(resolver=GuardedResolver(guard))``. aiohttp does not call the resolver
-    for IP-literal hosts: check those with ``guard.blocked_reason(host)`` before the request.
-    """
-
-    def __init__(self, guard: NetworkGuard, inner: AbstractResolver | None = None) -> None:
-        self._guard = guard
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._guard.blocked_reason(r["host"]) is None]
-        if not allowed:
-            raise BlockedDestinationError(f"{host} resolves only to blocked addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()

@@ -1,6 +1,6 @@
 """The one webhook URL rule, used by the API when a URL is stored and by the sender before each POST.
 
-The sender posts with aiohttp, which parses URLs with yarl; so does this rule. A URL passes if the
+The sender builds its requests from yarl's parse of a URL; so does this rule. A URL passes if the
 sender can build a request from it: yarl parses it, the scheme is http or https, the host (after
 IDNA) is a DNS name or a canonical IP literal, and credentials in it can be sent as Basic auth
 (no ``:`` in the user, Latin-1 only). Whitespace and control characters are refused outright.
@@ -54,7 +54,7 @@ def _check_host(host: str | None) -> None:
             raise InvalidUrlError("malformed IPv6 host")
         return
     if _NUMERIC.fullmatch(host) is not None:
-        try:  # strict: four decimal parts, no leading zeros (aiohttp refuses 127.1, 2130706433, 0177...)
+        try:  # strict: four decimal parts, no leading zeros (127.1, 2130706433, 0177... are refused)
             ipaddress.IPv4Address(host)
         except ValueError:
             raise InvalidUrlError("not a canonical IPv4 address") from None
