@@ -166,10 +166,14 @@ def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | N
         f"consume {limits['kafka']['consume_per_s']:,}/s)")
     receivers: dict[str, Any] = {}
     with Nginx(work / "limits-nginx", free_port()) as nginx:
-        say("limit (b): aiohttp POST loop, 64 concurrent, against nginx...")
+        say("limit (b): POST loop with the delivery sender's client, 64 concurrent, against nginx...")
         http = http_probe(f"{nginx.url}/hooks/probe", concurrency=64, seconds=seconds, receiver_pids=nginx.pids)
+        say("  and the same loop with aiohttp's client, for reference...")
+        limits["http_aiohttp"] = http_probe(f"{nginx.url}/hooks/probe", concurrency=64, seconds=seconds,
+                                            receiver_pids=nginx.pids, client="aiohttp")
     limits["http"] = http
-    say(f"  {http['per_s']:,} requests/s; nginx {http['receiver_cpu_us_per_request']} µs CPU/request")
+    say(f"  {http['per_s']:,} requests/s (aiohttp's client: {limits['http_aiohttp']['per_s']:,}/s); "
+        f"nginx {http['receiver_cpu_us_per_request']} µs CPU/request")
     receivers["nginx, answers at once (1 worker)"] = {
         "capacity_per_s": http["receiver_capacity_per_core"],
         "detail": f"from its CPU while serving (b): {http['receiver_cpu_us_per_request']} µs/request, one core"}

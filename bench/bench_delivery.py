@@ -6,7 +6,7 @@
 Runs against ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092), broker, receivers and
 worker on the same machine. Receivers (``bench.receivers``): Debian's nginx answering 200 at once
 (``instant``), and an aiohttp receiver process answering after 50 ms (``slow50``). Their capacity
-and the bare aiohttp client loop are measured in the same run (``bench.limits.http_probe``).
+and the bare client loop (the sender's own client) are measured in the same run (``bench.limits.http_probe``).
 
 Per scenario: fresh topics, ``--webhooks`` webhooks, N delivery records (3 KB Chatwoot bodies, 50
 conversations per webhook) produced first; then ``akece-webhooks deliver --until-idle`` runs as its
@@ -269,7 +269,8 @@ def markdown(result: dict[str, Any]) -> str:
     limits = result["limits"]
     lines += ["", "| bound (same run) | req/s |", "|---|---|"]
     for name, probe in limits.items():
-        lines.append(f"| {name}: aiohttp POST loop, {probe['concurrency']} in flight, no Kafka | {probe['per_s']:,} |")
+        lines.append(f"| {name}: the sender's client POST loop, {probe['concurrency']} in flight, no Kafka | "
+                     f"{probe['per_s']:,} |")
         if probe.get("receiver_capacity_per_core"):
             lines.append(f"| {name}: receiver capacity per core (its CPU per request) | "
                          f"{probe['receiver_capacity_per_core']:,} |")

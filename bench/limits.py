@@ -3,8 +3,10 @@
 (a) ``kafka``: aiokafka produce-then-consume of the benchmark's event records (same producer and
     consumer options as the pipeline: idempotent, acks=all, lz4, linger), no processing.
     ``a = records / (produce seconds + consume seconds)``.
-(b) ``http``: an aiohttp POST loop (keep-alive, ``--concurrency`` requests in flight, a 3 KB
-    Chatwoot-shaped body with the pipeline's headers) against the benchmark's receiver, no Kafka.
+(b) ``http``: a POST loop with the delivery sender's own client (``services.delivery.http``, keep-alive,
+    ``--concurrency`` requests in flight, a 3 KB Chatwoot-shaped body with the pipeline's headers)
+    against the benchmark's receiver, no Kafka; ``--client aiohttp``: the same loop with aiohttp's
+    client (the pipeline's client until 2026-12-06, and the naive peer's), for reference.
 
 Each runs in its own process (``python -m bench.limits kafka|http ...``) on uvloop, as the pipeline
 does, and prints one JSON line. ``http_probe`` also measures the receiver's CPU per request while
@@ -142,11 +144,15 @@ def probe_headers() -> dict[str, str]:
             "X-Chatwoot-Timestamp": str(int(time.time())), "X-Chatwoot-Signature": "sha256=" + "0" * 64}
 
 
-async def http_limit(url: str, concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
+async def http_limit(url: str, concurrency: int, seconds: float, warmup: float,
+                     client: str = "sender") -> dict[str, Any]:
     import aiohttp
     import orjson
 
     from schemas.examples import example
+    from services.delivery.http import HttpSender
+    from services.shared.netguard import NetworkGuard
+    from services.shared.settings import HttpSettings
 
     body = orjson.dumps(example("message_created", account_id=1000, conversation_id=1))
     headers = probe_headers()
@@ -154,17 +160,24 @@ async def http_limit(url: str, concurrency: int, seconds: float, warmup: float) 
     measuring = asyncio.Event()
     done = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    sender = HttpSender(HttpSettings(pool_size=concurrency), NetworkGuard(["127.0.0.0/8"]))
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30),
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session, sender:
+
+        async def post() -> bool:
+            if client == "sender":
+                result = await sender.post(url, body, headers)
+                return result.status is not None and 200 <= result.status < 300
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    return 200 <= response.status < 300
+            except (aiohttp.ClientError, TimeoutError):
+                return False
 
         async def loop() -> None:
             while not done.is_set():
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        ok = 200 <= response.status < 300
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
+                ok = await post()
                 if measuring.is_set():
                     counts["ok" if ok else "failed"] += 1
                 counts["total"] += 1
@@ -178,18 +191,20 @@ async def http_limit(url: str, concurrency: int, seconds: float, warmup: float) 
         ok = counts["ok"]
         done.set()
         await asyncio.gather(*tasks)
-    return {"concurrency": concurrency, "seconds": round(elapsed, 2), "ok": ok, "failed": counts["failed"],
+    return {"client": client, "concurrency": concurrency, "seconds": round(elapsed, 2), "ok": ok,
+            "failed": counts["failed"],
             "per_s": round(ok / elapsed), "requests_total": counts["total"],
             "client_cpu_us_per_request": round(cpu / max(ok, 1) * 1e6, 1)}
 
 
 def http_probe(url: str, *, concurrency: int, seconds: float, receiver_pids: list[int],
-               warmup: float = 1.0) -> dict[str, Any]:
+               warmup: float = 1.0, client: str = "sender") -> dict[str, Any]:
     """Run the POST loop in its own process; add the receiver's CPU per request over the whole run."""
     before = cpu_seconds(receiver_pids)
     with OtherLoad(receiver_pids) as other:
         result = run_json([sys.executable, "-m", "bench.limits", "http", "--url", url, "--concurrency",
-                           str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup)])
+                           str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup),
+                           "--client", client])
     result["other_load_cores"] = other.cores
     receiver_cpu = cpu_seconds(receiver_pids) - before
     per_request = receiver_cpu / max(result["requests_total"], 1)
@@ -230,16 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--records", type=int, default=100_000)
     k.add_argument("--partitions", type=int, default=6)
     k.add_argument("--seed", type=int, default=7)
-    h = sub.add_parser("http", help="(b) aiohttp POST loop req/s")
+    h = sub.add_parser("http", help="(b) POST loop req/s (the delivery sender's client, or aiohttp's)")
     h.add_argument("--url", required=True)
     h.add_argument("--concurrency", type=int, default=64)
     h.add_argument("--seconds", type=float, default=8.0)
     h.add_argument("--warmup", type=float, default=1.0)
+    h.add_argument("--client", choices=("sender", "aiohttp"), default="sender")
     args = parser.parse_args(argv)
     if args.what == "kafka":
         coro = kafka_limit(args.bootstrap, args.records, args.partitions, args.seed)
     else:
-        coro = http_limit(args.url, args.concurrency, args.seconds, args.warmup)
+        coro = http_limit(args.url, args.concurrency, args.seconds, args.warmup, args.client)
     try:
         import uvloop
     except ImportError:

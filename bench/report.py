@@ -179,8 +179,13 @@ def limits_table(limits: dict[str, Any]) -> list[str]:
                     f"{k['records']:,} records of {_n(k['avg_record_bytes'])} B avg |")
     b = limits.get("http")
     if b:
-        rows.append(f"| (b) aiohttp POST loop → nginx ({b['concurrency']} concurrent, keep-alive) | "
+        client = "aiohttp" if b.get("client") == "aiohttp" else "the delivery sender's client"
+        rows.append(f"| (b) POST loop → nginx, {client} ({b['concurrency']} concurrent, keep-alive) | "
                     f"{_n(b['per_s'])} | client {b['client_cpu_us_per_request']} µs CPU/request |")
+    reference = limits.get("http_aiohttp")
+    if reference:
+        rows.append(f"| (reference, not in the bound) the same loop with aiohttp's client | {_n(reference['per_s'])} | "
+                    f"client {reference['client_cpu_us_per_request']} µs CPU/request |")
     if limits.get("combined_per_s"):
         rows.append(f"| combined 1/(1/a + 1/b) | {_n(limits['combined_per_s'])} | |")
     for name, r in (limits.get("receivers") or {}).items():
