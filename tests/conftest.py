@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -104,3 +105,26 @@ async def topics(settings: Settings) -> AsyncIterator[Topics]:
 def _mark_kafka(request: pytest.FixtureRequest) -> None:
     if "kafka_bootstrap" in request.fixturenames:
         request.node.add_marker(pytest.mark.kafka)
+
+
+_SIGNAL_LEAKS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves SIGINT or SIGTERM handled otherwise than it found them (an event loop's handler
+    not removed, a handler set to ignore) gets them back as they were and is named in the summary: a
+    leaked ``SIG_IGN`` is inherited by every child process a later test starts."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler:
+            _SIGNAL_LEAKS.append(f"{request.node.nodeid}: {sig.name} left as {signal.getsignal(sig)!r}")
+            signal.signal(sig, handler)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SIGNAL_LEAKS:
+        terminalreporter.section("signal handlers a test left changed (restored)")
+        for line in _SIGNAL_LEAKS:
+            terminalreporter.write_line(line)
