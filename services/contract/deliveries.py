@@ -48,7 +48,7 @@ def delivery_key(webhook_id: int, conversation: str | None) -> bytes:
     return f"{webhook_id}:{conversation or '-'}".encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryMeta:
     """What a delivery record's headers say."""
 
