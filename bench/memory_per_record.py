@@ -17,6 +17,9 @@ held), then the records are produced; once it holds the whole budget: RSS, peak 
 produced first (a backlog), ``deliver --until-idle``: its peak RSS while it drains them (the budget
 fills when fetching outpaces delivering) against its RSS once ready with nothing to deliver.
 
+``--instant --slow-ms 200``: the same against a receiver answering after 200 ms (the budget fills
+while deliveries go on: 10,000 records held, the oldest leaving as new ones come).
+
 ``--trace``: the worker in this process under ``tracemalloc`` (records produced first): the bytes
 allocated since just before the worker started, per record held, by the line that allocated them
 (the top lines, and summed per module), and one ``Job`` with everything only it references.
@@ -82,9 +85,9 @@ def settings_for(prefix: str) -> Settings:
                     log_format="json")
 
 
-def hooks(count: int, base_url: str, *, hold: bool) -> list[Webhook]:
+def hooks(count: int, base_url: str, *, hold: bool, slow_ms: int = 0) -> list[Webhook]:
     stamp = now_iso()
-    path = "hang/" if hold else ""
+    path = "hang/" if hold else f"slow/{slow_ms}/" if slow_ms else ""
     return [Webhook.new(id=new_webhook_id(), account_id=1000 + n, url=f"{base_url}/{path}{n}",
                         subscriptions=list(EVENT_MIX), created_at=stamp, total_timeout_s=HOLD_S * 2)
             for n in range(count)]
@@ -179,8 +182,9 @@ async def draining(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "services", "deliver", "--processes", "1"]
     url = f"http://127.0.0.1:{port}"
     try:
-        with Nginx(work / "nginx", free_port()) as rx, (work / "worker.log").open("wb") as out:
-            webhooks = hooks(args.webhooks, rx.url, hold=False)
+        served = PyReceiver(work / "receiver", free_port()) if args.slow_ms else Nginx(work / "nginx", free_port())
+        with served as rx, (work / "worker.log").open("wb") as out:
+            webhooks = hooks(args.webhooks, rx.url, hold=False, slow_ms=args.slow_ms)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
                 await produce(settings, webhooks, 0)
                 proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -418,6 +422,7 @@ async def probed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peak: dict[str, float] = {}
     hi: tuple[float, Any, float] = (0.0, None, 0)
     lo: tuple[float, Any, float] = (float("inf"), None, 0)
+    idle = 0
     try:
         with Nginx(work / "nginx", free_port()) as rx:
             body = await produce(settings, hooks(args.webhooks, rx.url, hold=False), args.records)
@@ -436,15 +441,15 @@ async def probed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                   "buffered": buffered(worker._consumer)}
                         if sample["rss"] > peak.get("rss", 0.0):
                             peak = sample
-                        if args.trace and worker._intake.max_in_flight_seen >= worker._intake.max_in_flight:
+                        if args.trace and worker._intake.max_in_flight_seen:
                             if sample["traced"] > hi[0]:
                                 hi = (sample["traced"], tracemalloc.take_snapshot(), sample["in_flight"])
-                            if sample["traced"] < lo[0] and sample["in_flight"] >= 5000:
+                            if sample["traced"] < lo[0] and sample["in_flight"] >= 2000:
                                 lo = (sample["traced"], tracemalloc.take_snapshot(), sample["in_flight"])
                         if args.timeline:
                             say(" ".join(f"{k} {v:.1f}" for k, v in sample.items()))
-                        if worker._intake.in_flight == 0 and \
-                                worker._intake.max_in_flight_seen >= worker._intake.max_in_flight:
+                        idle = idle + 1 if worker._intake.in_flight == 0 and worker._intake.max_in_flight_seen else 0
+                        if idle >= 4:  # drained
                             break
     finally:
         await delete_topics(settings)
@@ -499,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=100, help="webhooks the records go to")
     parser.add_argument("--trace", action="store_true", help="the worker in this process under tracemalloc")
     parser.add_argument("--instant", action="store_true", help="peak RSS draining a backlog to nginx")
+    parser.add_argument("--slow-ms", type=int, default=0,
+                        help="with --instant: an aiohttp receiver answering after this many ms instead of nginx")
     parser.add_argument("--timeline", action="store_true", help="with --instant: each sample on stderr")
     parser.add_argument("--probe", action="store_true", help="in this process, draining to nginx: malloc's view")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
