@@ -261,26 +261,40 @@ async def sampled(worker: WorkerProcess, session: aiohttp.ClientSession,
 # ------------------------------------------------------------------ CPU sanity check
 
 
-async def cpu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+@asynccontextmanager
+async def in_this_process(settings: Settings, *, until_idle: bool = False) -> AsyncIterator[Any]:
+    """A delivery worker of this process (and its subscription table), running; on exit stopped, or with
+    ``until_idle`` awaited until it is idle."""
     from services.delivery.worker import DeliveryWorker
 
+    table = SubscriptionTable(settings)
+    stop = asyncio.Event()
+    table_task = asyncio.create_task(table.run(stop))
+    await table.wait_ready()
+    async with kafka.started(kafka.producer(settings)) as producer:
+        worker = DeliveryWorker(settings, table, SubscriptionStore(settings, table, producer),
+                                Metrics(CollectorRegistry()), until_idle=until_idle)
+        worker_stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(worker_stop))
+        try:
+            yield worker
+        finally:
+            if not until_idle:
+                worker_stop.set()
+            await task
+            stop.set()
+            await table_task
+
+
+async def cpu(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     settings = new_settings()
     logs.configure(settings)
     try:
         with answering(work, args.slow_ms) as rx:
             await produce(settings, hooks(args.webhooks, rx.url, path=answering_path(args.slow_ms)), args.records)
-            table = SubscriptionTable(settings)
-            stop = asyncio.Event()
-            table_task = asyncio.create_task(table.run(stop))
-            await table.wait_ready()
-            async with kafka.started(kafka.producer(settings)) as producer:
-                worker = DeliveryWorker(settings, table, SubscriptionStore(settings, table, producer),
-                                        Metrics(CollectorRegistry()), until_idle=True)
+            async with in_this_process(settings, until_idle=True):
                 cpu_start, wall_start = time.process_time(), time.monotonic()
-                await worker.run(asyncio.Event())
-                spent, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
-            stop.set()
-            await table_task
+            spent, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
     finally:
         await delete_topics(settings)
     return {"mode": "cpu", "records": args.records, "cpu_s": round(spent, 2), "wall_s": round(wall, 2),

@@ -29,13 +29,10 @@ import sys
 import tempfile
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 
 from bench.bench_delivery import rss_mb
 from bench.memory_per_record import (
@@ -46,40 +43,16 @@ from bench.memory_per_record import (
     delete_topics,
     holding,
     hooks,
+    in_this_process,
     new_settings,
     on_uvloop,
     produce,
 )
-from services.shared import kafka
 from services.shared import logging as logs
-from services.shared.metrics import Metrics
-from services.shared.settings import Settings
-from services.shared.subscriptions import SubscriptionStore, SubscriptionTable
 
 
 def say(message: str) -> None:
     print(f"[memory_views] {message}", file=sys.stderr, flush=True)
-
-
-@asynccontextmanager
-async def in_this_process(settings: Settings) -> AsyncIterator[Any]:
-    """A delivery worker of this process (and its subscription table), stopped on exit."""
-    from services.delivery.worker import DeliveryWorker
-
-    table = SubscriptionTable(settings)
-    stop = asyncio.Event()
-    table_task = asyncio.create_task(table.run(stop))
-    await table.wait_ready()
-    async with kafka.started(kafka.producer(settings)) as producer:
-        worker = DeliveryWorker(settings, table, SubscriptionStore(settings, table, producer),
-                                Metrics(CollectorRegistry()))
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            yield worker
-        finally:
-            stop.set()
-            await task
-            await table_task
 
 
 # ------------------------------------------------------------------ held: tracemalloc at the full budget
