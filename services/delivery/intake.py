@@ -30,7 +30,6 @@ log = logs.get("delivery")
 
 RESUME_AT = 0.75  # of max_in_flight: backpressure lifts below this
 SIZE_WEIGHT = 0.1  # of the newest record in the moving average of record sizes
-BATCH_RECORDS = 500  # records taken from the consumer at once
 HOLD_SLACK_S = 0.01  # due times travel with millisecond resolution: never cap a hold below its due time
 
 
@@ -145,10 +144,8 @@ class Intake:
                       meta.webhook_id, meta, now, size))
 
     def room(self) -> int:
-        """Records to fetch at most: what fits under both budgets (bytes estimated from the records seen), and
-        at most ``BATCH_RECORDS``: the fetched records (3 KB each besides what a job keeps of them) live until
-        the whole batch is taken in, and the allocator keeps the high-water mark they leave."""
-        room = min(self.max_in_flight - self.in_flight, BATCH_RECORDS)
+        """Records to fetch at most: what fits under both budgets (bytes estimated from the records seen)."""
+        room = self.max_in_flight - self.in_flight
         if self._record_size:
             room = min(room, int((self.max_in_flight_bytes - self.in_flight_bytes) // self._record_size))
         return max(1, room)
