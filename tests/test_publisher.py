@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,17 @@ async def test_close_is_bounded_when_the_producer_cannot_flush(kafka_bootstrap: 
     publisher._own_producer, publisher._started = True, True
     await asyncio.wait_for(publisher.close(), timeout=5.0)
     assert stuck.is_set(), "close asked the producer to stop"
+
+
+def test_a_prepared_body_costs_its_own_size() -> None:
+    """A backfill prepares thousands of events and holds them until the broker acknowledges them: each body
+    must cost its own size, not orjson's whole write buffer (4-8 KiB behind a small body)."""
+    payloads = [example("message_created", account_id=7, conversation_id=n) for n in range(300)]
+    tracemalloc.start()
+    try:
+        bodies = [prepare(payload).value for payload in payloads]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    own = sum(sys.getsizeof(body) for body in bodies) + sys.getsizeof(bodies)
+    assert held < own * 1.5, f"{held / len(bodies):.0f} bytes held per {len(bodies[0])}-byte body"

@@ -43,7 +43,10 @@ def prepare(payload: dict[str, object] | bytes, *, source: str = DEFAULT_SOURCE,
             new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
             now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> OutgoingEvent:
     """Validate a payload and build its record. Raises ``ValidationError`` naming event and field."""
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    # Copied into a bytes object of its own size: ``orjson.dumps`` returns its whole write buffer (4-8 KiB
+    # behind a small body), and a prepared event is held until the broker acknowledges it, a backfill's
+    # thousands at a time (as ``contract.attempts.AttemptRecord.encode`` does for attempt records).
+    body = payload if isinstance(payload, bytes) else bytes(bytearray(orjson.dumps(payload)))
     event_type = _event_type(body)
     try:
         parsed = validate_event(event_type, body)
