@@ -181,6 +181,7 @@ async def test_credentials_in_the_url_become_basic_auth_and_the_default_port_is_
         "POST /in?x=1 HTTP/1.1", "Host: hooks.example.com",
         "Authorization: Basic " + base64.b64encode("usér:p@ss".encode("latin-1")).decode()]
     assert request_head(URL("http://[::1]:8080/")).split(b"\r\n")[1] == b"Host: [::1]:8080"
+    assert request_head(URL("http://H.Example.COM./x")).split(b"\r\n")[1] == b"Host: h.example.com"
 
 
 @pytest.mark.parametrize("headers", [{"X-A": "one\r\nX-Injected: yes"}, {"X-A\n": "v"}, {"X-A": "v\r"}])

@@ -29,8 +29,8 @@ from types import TracebackType
 
 from yarl import URL
 
-from services.delivery.http_pool import Origin, Pool
-from services.delivery.http_wire import Connection, Response, request_bytes, request_head
+from services.delivery.http_pool import Pool
+from services.delivery.http_wire import request_bytes, request_head
 from services.delivery.policy import RETRY_AFTER_STATUSES, AttemptResult, parse_retry_after
 from services.shared import urls
 from services.shared.errors import BlockedDestinationError, TransportError
@@ -160,8 +160,9 @@ class HttpSender:
         self.requests_in_flight += 1
         try:
             async with asyncio.timeout(total_timeout_s or self._settings.total_timeout_s):
-                response = await self._exchange(origin, data, body,
-                                                connect_timeout_s or self._settings.connect_timeout_s)
+                response = await self._pool.exchange(
+                    origin, data, body, body_limit=self._settings.max_response_bytes,
+                    connect_timeout_s=connect_timeout_s or self._settings.connect_timeout_s)
         except HANDLED as exc:
             return AttemptResult(error_class=classify(exc), error_message=describe(exc, host),
                                  duration_s=time.perf_counter() - started)
@@ -172,18 +173,3 @@ class HttpSender:
             retry_after = parse_retry_after(response.retry_after, time.time())
         return AttemptResult(status=response.status, retry_after=retry_after, body=response.body,
                              duration_s=time.perf_counter() - started)
-
-    async def _exchange(self, origin: Origin, data: bytes, body: bytes, connect_timeout_s: float) -> Response:
-        """One request on a pooled connection, within the caller's total timeout."""
-        pool = self._pool
-        assert pool is not None
-        async with pool.slots:
-            conn: Connection | None = await pool.acquire(origin, connect_timeout_s)
-            assert conn is not None
-            try:
-                response = await conn.exchange(data, body, self._settings.max_response_bytes)
-            except BaseException:  # a timeout or a cancellation mid-exchange: the connection is unusable
-                conn.abort()
-                raise
-            pool.release(origin, conn, reusable=response.reusable)
-            return response

@@ -18,7 +18,7 @@ import asyncio
 import ssl
 import time
 
-from services.delivery.http_wire import Connection
+from services.delivery.http_wire import Connection, Response
 from services.shared.errors import TransportError
 from services.shared.netguard import NetworkGuard, parse_ip
 
@@ -38,13 +38,22 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    @property
-    def slots(self) -> asyncio.Semaphore:
-        """Held for the whole of one exchange: ``limit`` connections in use at most."""
-        return self._slots
+    async def exchange(self, origin: Origin, data: bytes, body: bytes, *, body_limit: int,
+                       connect_timeout_s: float) -> Response:
+        """One request on a connection to ``origin``: a slot, the newest idle connection (or a new one),
+        the exchange, the connection back (or closed). Within the caller's total timeout: one abandoned
+        mid-exchange (a timeout, a cancellation) is dropped, never reused."""
+        async with self._slots:
+            conn = await self._acquire(origin, connect_timeout_s)
+            try:
+                response = await conn.exchange(data, body, body_limit)
+            except BaseException:
+                conn.abort()
+                raise
+            self._release(origin, conn, reusable=response.reusable)
+            return response
 
-    async def acquire(self, origin: Origin, connect_timeout_s: float) -> Connection:
-        """An idle connection to ``origin`` (the newest), or a new one."""
+    async def _acquire(self, origin: Origin, connect_timeout_s: float) -> Connection:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -52,7 +61,7 @@ class Pool:
                 return conn
         return await self._connect(origin, connect_timeout_s)
 
-    def release(self, origin: Origin, conn: Connection, *, reusable: bool) -> None:
+    def _release(self, origin: Origin, conn: Connection, *, reusable: bool) -> None:
         if not reusable or conn.closed or self._closed:
             conn.close()
             return

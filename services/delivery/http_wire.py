@@ -52,12 +52,7 @@ class Response:
 @lru_cache(maxsize=4096)
 def request_head(target: URL) -> bytes:
     """``POST <path> HTTP/1.1``, ``Host`` and, for credentials in the URL, ``Authorization`` (Basic)."""
-    host = target.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if target.explicit_port is not None and target.explicit_port != {"http": 80, "https": 443}.get(target.scheme):
-        host = f"{host}:{target.explicit_port}"
-    lines = [f"POST {target.raw_path_qs or '/'} HTTP/1.1", f"Host: {host}"]
+    lines = [f"POST {target.raw_path_qs or '/'} HTTP/1.1", f"Host: {target.host_port_subcomponent}"]
     if target.raw_user is not None:
         credentials = f"{target.user or ''}:{target.password or ''}".encode("latin-1")  # the URL rule: Latin-1 only
         lines.append(f"Authorization: Basic {base64.b64encode(credentials).decode('ascii')}")
