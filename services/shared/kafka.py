@@ -19,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from services.contract.topics import TopicSpec, topic_specs
+from services.shared import kafka_codecs
 from services.shared import logging as logs
 from services.shared.errors import ConfigError, KafkaSettingsRefusedError, KafkaUnavailableError
 from services.shared.kafka_security import bootstrap_failures, client_options, explain, settings_refused
@@ -39,8 +40,10 @@ def connection(settings: Settings) -> dict[str, Any]:
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    """An idempotent producer (acks=all) with compression and a small linger."""
+    """An idempotent producer (acks=all) with compression (lz4 as Kafka's own clients make it:
+    ``kafka_codecs``) and a small linger."""
     kafka = settings.kafka
+    kafka_codecs.install()
     options: dict[str, Any] = {
         **connection(settings),
         "enable_idempotence": True,
