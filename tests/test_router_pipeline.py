@@ -56,8 +56,56 @@ async def test_commits_follow_acks_in_batch_order() -> None:
     assert consumer.commits == []  # the first batch's acks are not in: nothing may commit
     acks[0].set_result(None)
     await in_flight.settle()
-    assert consumer.commits == [10, 20, 30]
+    assert consumer.commits == [30]  # the three batches' acks are in: one commit covers them
     assert concluded == [0, 1, 2]
+
+
+class SlowConsumer(FakeConsumer):
+    """Each commit takes until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.gate.wait()
+        self.gate.clear()
+        await super().commit(offsets)
+
+
+async def test_batches_acknowledged_during_a_commit_share_the_next_one() -> None:
+    """A trickle of small batches on a slow broker: commits never queue up behind each other, and none
+    passes a batch whose acks are not in."""
+    consumer = SlowConsumer()
+    in_flight = InFlight(consumer, limit=100)
+    acks = batches(6)
+    concluded: list[int] = []
+    for n, ack in enumerate(acks):
+        in_flight.add(ack, {TP: n + 1}, functools.partial(_conclude, concluded, n))
+    acks[0].set_result(None)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for n in (1, 2, 4):  # acked while the first commit is on its way; batch 3 is not
+        acks[n].set_result(None)
+    consumer.gate.set()  # the first commit ({1}) completes
+    await asyncio.wait_for(_commits(consumer, 1), 5)
+    consumer.gate.set()
+    await asyncio.wait_for(_commits(consumer, 2), 5)
+    assert consumer.commits == [1, 3]  # batches 1 and 2 in one commit; batch 4 waits for batch 3
+    assert concluded == [0, 1, 2]
+    acks[3].set_result(None)
+    acks[5].set_result(None)
+    consumer.gate.set()
+    await asyncio.wait_for(_commits(consumer, 3), 5)
+    await in_flight.settle()
+    assert consumer.commits == [1, 3, 6]
+    assert concluded == [0, 1, 2, 3, 4, 5]
+
+
+async def _commits(consumer: FakeConsumer, count: int) -> None:
+    while len(consumer.commits) < count:
+        consumer.committed.clear()
+        await consumer.committed.wait()
 
 
 async def test_room_waits_for_acks_beyond_the_limit() -> None:
