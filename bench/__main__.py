@@ -12,8 +12,9 @@ webhooks of its account, so a run makes ``--events N`` x F deliveries.
 Scenarios: ``instant`` (nginx answers 200 at once), ``slow50`` (an aiohttp receiver answers after
 50 ms), ``hang5`` (5% of the webhooks hang past the delivery timeout, the rest answer at once).
 Each: a backlog of N events drained (sustained deliveries/s), then a paced run at half that rate
-(end-to-end latency: publish → arrival at the receiver). Before the first scenario, ``--warmup``
-unreported rounds of ``instant`` (default 2) let a freshly started broker's JVM finish compiling.
+(end-to-end latency: publish → arrival at the receiver). Before the bounds and the scenarios,
+``--warmup`` unreported rounds of ``instant`` (default 2) let a freshly started broker's JVM finish
+compiling, so the bounds and the pipeline are measured against the same warm broker.
 
 Peers (``bench.peers``; part of a full run, skipped by ``--quick`` and ``--no-peers``, alone with
 ``--peers``): the pipeline with production defaults, an Apache Camel route (auto-commit, and
@@ -96,8 +97,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "`run --role router` and `run --role delivery`, one process each)")
     p.add_argument("--warmup", type=int, default=None, metavar="ROUNDS",
                    help=f"unreported rounds of the instant scenario ({WARMUP_EVENTS:,} events, {WARMUP_PACED_S:.0f} s "
-                        "paced) before the first scenario, so a freshly started broker's JIT compiler is done "
-                        "(default 2; quick 0)")
+                        "paced) before the bounds and the scenarios, so a freshly started broker's JIT "
+                        "compiler is done (default 2; quick 0)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     if args.warmup is None:
@@ -208,12 +209,15 @@ def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | N
     return limits
 
 
-async def run_scenarios(args: argparse.Namespace, config: RunConfig) -> list[dict[str, Any]]:
+async def warm_up(rounds: int, config: RunConfig) -> None:
     warm = dataclasses.replace(config, events=min(config.events, WARMUP_EVENTS), paced_s=WARMUP_PACED_S,
                                paced_rate=None, profile_dir=None)
-    for n in range(args.warmup):
-        say(f"warm-up {n + 1} of {args.warmup} (not reported): the instant scenario, {warm.events:,} events")
+    for n in range(rounds):
+        say(f"warm-up {n + 1} of {rounds} (not reported): the instant scenario, {warm.events:,} events")
         await ScenarioRun(warm, SCENARIOS["instant"], say).run()
+
+
+async def run_scenarios(args: argparse.Namespace, config: RunConfig) -> list[dict[str, Any]]:
     results = []
     for name in args.scenarios.split(","):
         say(f"scenario {name}: {SCENARIOS[name].title}")
@@ -275,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | None,
                  work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The machine's bounds and the scenarios."""
-    limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
+    """The machine's bounds and the scenarios, both on a broker the warm-up rounds warmed."""
     config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
                        webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
                        stall_s=args.stall_s, partitions=args.partitions,
@@ -285,6 +288,8 @@ def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                        paced_rate=args.paced_rate,
                        profile_dir=args.out / "profiles" if args.profile else None,
                        env={"AKECE_LOG_LEVEL": args.log_level})
+    asyncio.run(warm_up(args.warmup, config))
+    limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
     return limits, asyncio.run(run_scenarios(args, config))
 
 
