@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from services import __version__
 from services.contract import headers as h
 from services.contract.topics import Topics
-from services.delivery import attempt as attempt_module
+from services.delivery import webhook_view
 from services.delivery.worker import DeliveryWorker
 from services.devtools.ports import free_port
 from services.shared.errors import ConfigError, KafkaUnavailableError
@@ -426,7 +426,7 @@ async def test_a_worker_whose_table_is_behind_retries_instead_of_dead_lettering(
         settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A webhook created a moment ago, unknown to a worker whose subscriptions table cannot catch up:
     "deleted" cannot be confirmed, so the delivery is retried (not dead-lettered) and lands later."""
-    monkeypatch.setattr(attempt_module, "SYNC_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(webhook_view, "SYNC_TIMEOUT_S", 0.5)
     async with stack(settings) as s:
         lagging = _HeldTable(settings)
         stop = asyncio.Event()

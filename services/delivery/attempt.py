@@ -44,8 +44,9 @@ from services.delivery.policy import (
 )
 from services.delivery.report import AttemptReport, outcome
 from services.delivery.signing import ActiveSecrets, request_headers
-from services.shared import kafka, urls
+from services.delivery.webhook_view import WebhookView
 from services.shared import logging as logs
+from services.shared import urls
 from services.shared.errors import KafkaUnavailableError
 from services.shared.metrics import Metrics
 from services.shared.settings import Settings
@@ -54,7 +55,6 @@ from services.shared.webhooks import Webhook
 
 log = logs.get("delivery")
 
-SYNC_TIMEOUT_S = 5.0
 INTERNAL = ErrorClass.INTERNAL
 
 
@@ -66,8 +66,6 @@ class Attempts:
                  dispatcher: Dispatcher[Job], finish: Callable[[PartitionLedger, int, int], None],
                  rng: random.Random) -> None:
         self._settings = settings
-        self._table = table
-        self._store = store
         self._metrics = metrics
         self._dispatcher = dispatcher
         self._finish = finish
@@ -80,16 +78,14 @@ class Attempts:
         self._report = AttemptReport(metrics)
         self._log = AttemptLog(self._topics.attempts, settings.kafka.send_timeout_s)
         self._signing = ActiveSecrets()
-        self._synced_at = 0.0
-        self._sync: asyncio.Future[None] | None = None
-        self._sync_started = 0.0
+        self._webhooks = WebhookView(self._topics, table, store, metrics, self.circuits)
         self._producer: AIOKafkaProducer | None = None
         self._sender: HttpSender | None = None
-        self._probe: Any = None
 
     def bind(self, producer: AIOKafkaProducer, sender: HttpSender, probe: Any) -> None:
-        self._producer, self._sender, self._probe = producer, sender, probe
+        self._producer, self._sender = producer, sender
         self._log.bind(producer)
+        self._webhooks.bind(probe)
 
     def close(self) -> None:
         self._log.close()
@@ -135,12 +131,12 @@ class Attempts:
 
     async def _attempt(self, job: Job, started_at: float) -> AttemptResult:
         webhook_id = job.meta.webhook_id
-        webhook = self._table.get(webhook_id)
+        webhook = self._webhooks.get(webhook_id)
         fresh = True
         if webhook is None or not webhook.enabled:
-            fresh = await self._fresh_view(job)
+            fresh = await self._webhooks.fresh(job.fetched_at)
             if fresh:
-                webhook = self._table.get(webhook_id)
+                webhook = self._webhooks.get(webhook_id)
                 if webhook is None or not webhook.enabled:
                     self.circuits.forget(webhook_id)
         open_failures = None
@@ -172,7 +168,7 @@ class Attempts:
         """An unexpected error while handling ``job``: its failed attempt (class ``internal``), counted and
         logged with the exception's type and where it was raised; its text without any URL."""
         self._internal_errors.inc()
-        webhook = self._table.get(job.webhook_id)
+        webhook = self._webhooks.get(job.webhook_id)
         message = urls.redact(f"{type(exc).__name__}: {exc}", webhook.url if webhook is not None else "")
         frames = traceback.extract_tb(exc.__traceback__)
         where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} {frames[-1].name}" if frames else None
@@ -225,10 +221,10 @@ class Attempts:
         meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
         if isinstance(step, DeadLetter) and step.disable:
-            await self._disable(meta.webhook_id, f"410 Gone from the receiver at {iso_time(now)}", "gone")
+            await self._webhooks.disable(meta.webhook_id, f"410 Gone from the receiver at {iso_time(now)}", "gone")
         if result.sent and self.circuits.record(meta.webhook_id, result.ok, now):
             since = self.circuits.failing_since(meta.webhook_id) or now
-            await self._disable(meta.webhook_id, f"no successful delivery since {iso_time(since)}", "failing")
+            await self._webhooks.disable(meta.webhook_id, f"no successful delivery since {iso_time(since)}", "failing")
         acks = await self._follow_up(job, result, step, started_at, now)
         self._report.attempted(job.meta, result, step, now)
         return acks
@@ -268,46 +264,5 @@ class Attempts:
         except TimeoutError as exc:
             raise KafkaUnavailableError(f"no produce acknowledgement within {timeout}s") from exc
 
-    # --- subscriptions -----------------------------------------------------------------------
-    async def _fresh_view(self, job: Job) -> bool:
-        """Whether the table is current as of no earlier than the record's fetch, so that a
-        deleted/disabled verdict is never stale. False: it could not catch up in time."""
-        if self._synced_at < job.fetched_at:
-            if self._sync is None or self._sync.done() or self._sync_started < job.fetched_at:
-                self._sync_started = time.time()
-                self._sync = asyncio.ensure_future(self._sync_table(self._sync_started))
-            await asyncio.shield(self._sync)
-        return self._synced_at >= job.fetched_at
-
-    async def _sync_table(self, started: float) -> None:
-        assert self._probe is not None
-        ends = await kafka.end_offsets(self._probe, self._topics.subscriptions)
-        for tp, end in ends.items():
-            if end <= 0:
-                continue
-            try:
-                await self._table.wait_applied(tp.partition, end - 1, timeout=SYNC_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("delivery.subscriptions_behind", partition=tp.partition, end=end,
-                            waited_s=SYNC_TIMEOUT_S)
-                return
-        self._synced_at = max(self._synced_at, started)
-
-    async def _disable(self, webhook_id: int, reason: str, label: str) -> None:
-        webhook = self._table.get(webhook_id)
-        if webhook is None or not webhook.enabled:
-            return
-        try:
-            await self._store.set_enabled(webhook_id, False, reason)
-        except TimeoutError:
-            log.warning("delivery.disable_unconfirmed", webhook_id=webhook_id)
-        self._metrics.webhooks_auto_disabled.labels(label).inc()
-        log.warning("webhook.disabled", webhook_id=webhook_id, account_id=webhook.account_id, reason=reason)
-
     def forget_circuits(self) -> None:
-        """Drop the circuit state of webhooks deleted or disabled since: a webhook enabled again starts
-        closed, with a fresh auto-disable clock."""
-        for webhook_id in self.circuits.tracked():
-            webhook = self._table.get(webhook_id)
-            if webhook is None or not webhook.enabled:
-                self.circuits.forget(webhook_id)
+        self._webhooks.forget_circuits()
