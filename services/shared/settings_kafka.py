@@ -29,7 +29,9 @@ class KafkaSettings(BaseModel):
     send_timeout_s: float = Field(
         30.0, gt=0, description="Upper bound on waiting for a produce acknowledgement (the broker may be down)."
     )
-    compression: Compression = Field("lz4", description="Producer compression: none, gzip, lz4 or zstd.")
+    compression: Compression = Field("lz4", description=(
+        "Producer compression: none, gzip, lz4 or zstd (lz4 with LZ4's fast compressor, as Kafka's own clients "
+        "compress at their default level)."))
     linger_ms: int = Field(5, ge=0, description="Producer linger: how long a batch may wait to fill.")
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
     rebalance_timeout_ms: int = Field(
