@@ -16,8 +16,8 @@ costs: the worker holds at most ``AKECE_DELIVERY_MAX_IN_FLIGHT`` records and
 ``AKECE_DELIVERY_MAX_IN_FLIGHT_BYTES`` bytes), loss and duplicates. Writes
 ``bench/results/scaling-<date>.json``, ``.md`` and ``.png``.
 
-Starts an isolated broker unless ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` is set, like ``python -m bench``.
-``--quick`` shrinks every backlog tenfold (a smoke run of the driver, not a measurement).
+Starts an isolated broker unless ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` is set, like ``python -m bench``,
+and warms it first as that does (``--warmup``). ``--quick`` shrinks every backlog tenfold (a smoke run of the driver, not a measurement).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import broker, machine, say
+from bench.__main__ import WARMUP_EVENTS, broker, machine, say, warm_up
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun
 from services.shared import logging as logs
 
@@ -181,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paced-s", type=float, default=15.0, help="length of each latency point's paced run")
     p.add_argument("--quick", action="store_true", help="a tenth of the backlogs, 5 s paced runs")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--stem", default=None, help="results file name without suffix (default scaling-<date>)")
+    p.add_argument("--warmup", type=int, default=None, metavar="ROUNDS",
+                   help=f"unreported rounds of the instant scenario ({WARMUP_EVENTS:,} events) before the first "
+                        "point, so the broker's JIT compiler is done (default 2; quick 0)")
     args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else 2
     deliveries = args.deliveries // 10 if args.quick else args.deliveries
     wanted = set(args.curves.split(","))
     chosen = [pt for pt in points(deliveries) if pt.curve in wanted]
@@ -192,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         with broker(work) as (bootstrap, broker_pid, kafka):
             config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid,
                                paced_s=5.0 if args.quick else args.paced_s, env={"AKECE_LOG_LEVEL": "info"})
+            asyncio.run(warm_up(args.warmup, config))
             rows = asyncio.run(measure(config, chosen))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     date = time.strftime("%Y-%m-%d")
     result = {"date": date, "duration_s": round(time.time() - started), "machine": machine(kafka),
-              "quick": args.quick, "points": rows}
+              "quick": args.quick, "warmup_rounds": args.warmup, "points": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"scaling-{date}{'-quick' if args.quick else ''}"
+    stem = args.out / (args.stem or f"scaling-{date}{'-quick' if args.quick else ''}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     try:
