@@ -145,6 +145,19 @@ async def test_a_failed_batch_commits_nothing_after_it_and_is_raised() -> None:
     assert consumer.commits == [1]
 
 
+async def test_a_cancelled_acknowledgement_is_never_taken_for_a_commit() -> None:
+    consumer = FakeConsumer()
+    in_flight = InFlight(consumer, limit=5)
+    acks = batches(2)
+    in_flight.add(acks[0], {TP: 1}, lambda _at: None)
+    in_flight.add(acks[1], {TP: 2}, lambda _at: None)
+    acks[0].cancel()
+    acks[1].set_result(None)
+    with pytest.raises(asyncio.CancelledError):
+        await in_flight.settle()
+    assert consumer.commits == []
+
+
 async def test_delivery_keys_land_on_the_partition_the_producer_gives_them(settings: Settings,
                                                                            topics: Topics) -> None:
     """Replay and the retry path write deliveries with ``producer.send``: the router's own record

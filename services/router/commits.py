@@ -96,6 +96,8 @@ class InFlight:
             raise self._failure
 
     def _check(self, committed: asyncio.Future[None]) -> None:
+        if committed.cancelled() and self._failure is None:  # a batch whose acknowledgement was cancelled
+            raise asyncio.CancelledError("a batch ended uncommitted: its acknowledgement was cancelled")
         error = None if committed.cancelled() else committed.exception()
         if error is not None and self._failure is None:
             self._failure = error
