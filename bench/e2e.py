@@ -362,6 +362,12 @@ class Snapshots:
         self.pids = pids
         self.at: dict[str, dict[str, float]] = {}
 
+    def add(self, name: str, pids: list[int]) -> None:
+        """Processes started after the moments already taken: they had used no CPU at those."""
+        self.pids[name] = pids
+        for moment in self.at.values():
+            moment[name] = 0.0
+
     def take(self, moment: str) -> None:
         self.at[moment] = {name: cpu_seconds(pids) for name, pids in self.pids.items()}
         self.at[moment]["_busy"] = machine_busy_seconds()
@@ -497,11 +503,18 @@ class ScenarioRun:
                 chunk = hooks[i:i + 2000]
                 await asyncio.gather(*(store.put(webhook_record(hook, self.url_of(hook))) for hook in chunk))
 
-    def start_pipeline(self) -> None:
+    async def start_pipeline(self) -> None:
+        """The delivery processes first, until their consumer group has formed, then the routers.
+
+        A backlog then reaches a running delivery group, as a burst does in production. Started together,
+        a second delivery process could join the group after the first had its partitions and rebalance
+        it in the middle of the drain: a start-up cost a long-running group does not pay, and not the
+        pipeline's rate."""
+        deliveries = [start_role("delivery", i, self.env, self.dir) for i in range(self.config.delivery_procs)]
+        self.roles.extend(deliveries)
+        await wait_ready(deliveries)
         for i in range(self.config.router_procs):
             self.roles.append(start_role("router", i, self.env, self.dir))
-        for i in range(self.config.delivery_procs):
-            self.roles.append(start_role("delivery", i, self.env, self.dir))
 
     def stop_all(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
@@ -587,15 +600,15 @@ class ScenarioRun:
         config, scenario, say = self.config, self.scenario, self.say
         log = self.arrival_log()
         log.poll()
-        self.start_pipeline()
-        pids = {r.name: [r.proc.pid] for r in self.roles}
-        pids["receiver"] = self.receiver_pids()
+        pids = {"receiver": self.receiver_pids(), "bench": [os.getpid()]}
         if config.broker_pid:
             pids["kafka"] = [config.broker_pid]
-        pids["bench"] = [os.getpid()]
         snaps = Snapshots(pids)
         snaps.take("start")
         started = time.time()
+        await self.start_pipeline()
+        for role in self.roles:
+            snaps.add(role.name, [role.proc.pid])
         await wait_ready(self.roles)
         ready = time.time()
         snaps.take("ready")

@@ -17,7 +17,8 @@ costs: the worker holds at most ``AKECE_DELIVERY_MAX_IN_FLIGHT`` records and
 ``bench/results/scaling-<date>.json``, ``.md`` and ``.png``.
 
 Starts an isolated broker unless ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` is set, like ``python -m bench``,
-and warms it first as that does (``--warmup``). ``--quick`` shrinks every backlog tenfold (a smoke run of the driver, not a measurement).
+and warms it first as that does (``--warmup``). ``--quick`` shrinks every backlog tenfold (a smoke run
+of the driver, not a measurement).
 """
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ class Soak:
             await run.create_webhooks()
             self.log = run.arrival_log()
             self.log.poll()
-            run.start_pipeline()
+            await run.start_pipeline()
             from bench.e2e import wait_ready
 
             await wait_ready(run.roles)
