@@ -49,3 +49,26 @@ async def test_connections_opened_by_a_burst_are_closed_under_a_small_steady_loa
                 sent += 1
         assert sent > 0
         assert sender.requests_in_flight == 0
+
+
+async def test_a_kept_alive_connection_that_stops_answering_ends_at_the_total_timeout_and_is_dropped(
+        receiver: Receiver) -> None:
+    """A request on a reused connection (the common case) is bounded by the attempt's total timeout too,
+    and the connection it hung on is never used again."""
+    guard = NetworkGuard(["127.0.0.0/8"])
+    async with HttpSender(HttpSettings(total_timeout_s=0.5), guard) as sender:
+        first = await sender.post(receiver.url(), b"{}", HEADERS)
+        assert first.status == 200, first
+        assert open_to(receiver) == 1
+
+        receiver.set("/hook", delay=30)
+        hung = await sender.post(receiver.url(), b"{}", HEADERS)
+        assert (hung.status, hung.error_class) == (None, "timeout"), hung
+        assert hung.error_message == "TimeoutError, host 127.0.0.1"
+        assert 0.4 < hung.duration_s < 5, hung.duration_s  # its deadline, not the receiver's 30 s
+        assert sender.requests_in_flight == 0
+
+        receiver.set("/hook", delay=0)
+        again = await sender.post(receiver.url(), b"{}", HEADERS)
+        assert again.status == 200, again
+        assert open_to(receiver) == 1  # a new connection: the one that hung was closed

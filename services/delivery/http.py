@@ -20,7 +20,6 @@ makes it the attempt's ``internal`` failure.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ssl
 import time
@@ -159,10 +158,10 @@ class HttpSender:
         started = time.perf_counter()
         self.requests_in_flight += 1
         try:
-            async with asyncio.timeout(total_timeout_s or self._settings.total_timeout_s):
-                response = await self._pool.exchange(
-                    origin, data, body, body_limit=self._settings.max_response_bytes,
-                    connect_timeout_s=connect_timeout_s or self._settings.connect_timeout_s)
+            response = await self._pool.exchange(
+                origin, data, body, body_limit=self._settings.max_response_bytes,
+                connect_timeout_s=connect_timeout_s or self._settings.connect_timeout_s,
+                total_timeout_s=total_timeout_s or self._settings.total_timeout_s)
         except HANDLED as exc:
             return AttemptResult(error_class=classify(exc), error_message=describe(exc, host),
                                  duration_s=time.perf_counter() - started)

@@ -39,27 +39,42 @@ class Pool:
         self._closed = False
 
     async def exchange(self, origin: Origin, data: bytes, body: bytes, *, body_limit: int,
-                       connect_timeout_s: float) -> Response:
+                       connect_timeout_s: float, total_timeout_s: float) -> Response:
         """One request on a connection to ``origin``: a slot, the newest idle connection (or a new one),
-        the exchange, the connection back (or closed). Within the caller's total timeout: one abandoned
-        mid-exchange (a timeout, a cancellation) is dropped, never reused."""
-        async with self._slots:
-            conn = await self._acquire(origin, connect_timeout_s)
+        the exchange, the connection back (or closed), all within ``total_timeout_s`` (``TimeoutError``).
+        One abandoned mid-exchange (a timeout, a cancellation) is dropped, never reused.
+
+        A busy receiver's request finds a free slot and an idle connection at once; its deadline is then
+        one timer on the exchange itself (``Connection.exchange``), not a timeout scope around it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total_timeout_s
+        if self._slots.locked():
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()  # a free slot: taken without waiting
+        try:
+            conn = self._idle_connection(origin)
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connect(origin, connect_timeout_s)
             try:
-                response = await conn.exchange(data, body, body_limit)
+                response = await conn.exchange(data, body, body_limit, deadline)
             except BaseException:
                 conn.abort()
                 raise
             self._release(origin, conn, reusable=response.reusable)
             return response
+        finally:
+            self._slots.release()
 
-    async def _acquire(self, origin: Origin, connect_timeout_s: float) -> Connection:
+    def _idle_connection(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 return conn
-        return await self._connect(origin, connect_timeout_s)
+        return None
 
     def _release(self, origin: Origin, conn: Connection, *, reusable: bool) -> None:
         if not reusable or conn.closed or self._closed:

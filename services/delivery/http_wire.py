@@ -90,6 +90,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._limit = 0
         self._reset()
 
@@ -107,10 +108,15 @@ class Connection(asyncio.Protocol):
         self._over = False
 
     # -- the sender's side -----------------------------------------------------------------------------
-    def exchange(self, data: bytes, body: bytes, body_limit: int) -> asyncio.Future[Response]:
-        """Write one request (``data`` then ``body``); the future is its ``Response`` or a ``TransportError``."""
+    def exchange(self, data: bytes, body: bytes, body_limit: int,
+                 deadline: float | None = None) -> asyncio.Future[Response]:
+        """Write one request (``data`` then ``body``); the future is its ``Response``, a ``TransportError``,
+        or a ``TimeoutError`` once the loop's clock passes ``deadline`` (the connection is then dropped)."""
         assert self.transport is not None and self._waiter is None
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._expire)
         self._limit = body_limit
         self._reset()
         if len(body) > 65536:  # not copied
@@ -128,6 +134,7 @@ class Connection(asyncio.Protocol):
         """Drop the connection at once (the exchange was abandoned: a timeout, a cancellation)."""
         self.closed = True
         self._waiter = None
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -208,7 +215,20 @@ class Connection(asyncio.Protocol):
         self._finish(reusable=self._parser.should_keep_alive() and not self._over)
 
     # -- ends --------------------------------------------------------------------------------------------
+    def _expire(self) -> None:
+        """The exchange's deadline passed: ``TimeoutError``, and the connection is not used again."""
+        self._timer = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())  # the pool aborts the connection as it sees it
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _finish(self, *, reusable: bool) -> None:
+        self._stop_timer()
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             return
@@ -219,6 +239,7 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def _fail(self, error_class: str, message: str) -> None:
+        self._stop_timer()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(TransportError(error_class, f"{message}, host {self.host}"))
