@@ -6,6 +6,7 @@ record on the produce path. Labelled children are cached: ``.labels()`` is a dic
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.router.core import Invalid, RouteResult, epoch_of, event_type_label
 from services.shared import logging as logs
-from services.shared.metrics import Metrics
+from services.shared.metrics import Metrics, observe_all
 
 log = logs.get("router")
 
@@ -39,6 +40,9 @@ class RouterGauges:
         outcomes: Counter[tuple[str, str]] = Counter()
         reasons: Counter[str] = Counter()
         produced = 0
+        fanouts: list[int] = []
+        latencies: list[float] = []
+        debug = log.is_enabled_for(logging.DEBUG)
         for result in results:
             outcomes[event_type_label(result.event_type), result.outcome] += 1
             if isinstance(result, Invalid):
@@ -48,13 +52,16 @@ class RouterGauges:
                 continue
             fanout = len(result.deliveries)
             produced += fanout
-            m.fanout.observe(fanout)
+            fanouts.append(fanout)
             if fanout:
                 started = epoch_of(result.event_time)
                 if started is not None:
-                    m.routing_latency.observe(max(0.0, acked - started))
-            log.debug("event.routed", event_id=result.event_id, event_type=result.event_type,
-                      account_id=result.account_id, fanout=fanout)
+                    latencies.append(max(0.0, acked - started))
+            if debug:
+                log.debug("event.routed", event_id=result.event_id, event_type=result.event_type,
+                          account_id=result.account_id, fanout=fanout)
+        observe_all(m.fanout, fanouts)
+        observe_all(m.routing_latency, latencies)
         for labels, count in outcomes.items():
             self._child(self._consumed, labels, m.events_consumed).inc(count)
         for reason, count in reasons.items():

@@ -7,6 +7,8 @@ Never a URL, an account or a webhook id.
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -19,6 +21,27 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 E2E_BUCKETS = (*LATENCY_BUCKETS, 300.0, 1800.0, 7200.0, 36000.0, 86400.0)
 FANOUT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 500)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, the same counts and sum, with one locked update per
+    bucket touched and one for the sum instead of two per value (the router observes two per event).
+    A histogram that is not prometheus_client's (a no-op stand-in) observes them one by one."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if bounds is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    if not values:
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as ``observe`` finds it
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    histogram._sum.inc(sum(values))
+    for i, count in enumerate(counts):
+        if count:
+            histogram._buckets[i].inc(count)
 
 
 def status_class(status: int | None) -> str:
