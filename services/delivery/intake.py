@@ -73,19 +73,20 @@ def _size(record: Any) -> int:
 
 
 NAME_SEQUENCES = 1024  # distinct sequences of header names shared between records; past it, each keeps its own
-_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_NAMES: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}  # names -> (the shared tuple, their length)
 
 
-def _split(headers: Any) -> tuple[tuple[str, ...], tuple[bytes | None, ...]]:
-    """Record headers as (names, values): the names one tuple shared by every record that has the same ones
-    (records of one stage all do), the values a tuple (about 550 bytes less per held record than a list of pairs)."""
+def _split(headers: Any) -> tuple[tuple[str, ...], tuple[bytes | None, ...], int]:
+    """Record headers as (names, values, size): the names one tuple shared by every record that has the same
+    ones (records of one stage all do), the values a tuple (about 550 bytes less per held record than a list
+    of pairs), and their size as ``_size`` counts it."""
     names, values = zip(*headers, strict=True)
     shared = _NAMES.get(names)
     if shared is None:
-        shared = names
+        shared = (names, sum(map(len, names)))
         if len(_NAMES) < NAME_SEQUENCES:
-            _NAMES[names] = names
-    return shared, values
+            _NAMES[names] = shared
+    return shared[0], values, shared[1] + sum(map(len, filter(None, values)))
 
 
 class Intake:
@@ -125,10 +126,10 @@ class Intake:
                 break
             if self._commits.already_done(tp, record.offset):  # completed before a crash or rebalance
                 continue
-            size = _size(record)
             try:
                 meta = DeliveryMeta.from_headers(h.to_dict(record.headers))
             except Exception as exc:  # whatever the headers hold, the record is malformed
+                size = _size(record)
                 ledger = self._take(tp, record.offset, None, size)
                 reject(Malformed(tp, ledger, record, f"{type(exc).__name__}: {exc}", size))
                 continue
@@ -137,9 +138,10 @@ class Intake:
                 if due > now:
                     self.gate.hold(tp, record.offset, due, now)
                     break
+            names, values, headers_size = _split(record.headers)
+            size = len(record.value or b"") + len(record.key or b"") + headers_size
             ledger = self._take(tp, record.offset, meta.due_at, size)
             key = record.key or f"{meta.webhook_id}:-".encode()
-            names, values = _split(record.headers)
             admit(Job(tp, record.offset, ledger, key, record.key, record.value, names, values,
                       meta.webhook_id, meta, now, size))
 

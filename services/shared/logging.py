@@ -26,18 +26,44 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
     numeric = logging.getLevelName(level)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
     logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _UtcStamp(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    wrapper = structlog.make_filtering_bound_logger(numeric)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _UtcStamp(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        processors=processors,
+        wrapper_class=_fused_info(wrapper, processors) if numeric <= logging.INFO else wrapper,
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+def _fused_info(base: type[Any], processors: list[Any]) -> type[Any]:
+    """``base`` (structlog's filtering bound logger) whose ``info`` runs ``processors`` itself.
+
+    The worker writes one info line per delivery attempt. structlog's own path to it (the level method,
+    the proxy to the logger, the event dict's copies, the processors) costs about 10 µs a line; this one
+    runs the same processors on the same event dict, without ``format_exc_info`` when there is no
+    ``exc_info``, and writes the same line for about half of that. Anything else takes structlog's way:
+    other arguments, ``exc_info``, or a chain other than ``processors`` (a later ``structlog.configure``)."""
+    merge, add_level, stamp, _, render = processors
+
+    class FusedInfo(base):  # type: ignore[misc]
+        def info(self, event: str, *args: Any, **kw: Any) -> Any:
+            if args or "exc_info" in kw or self._processors is not processors:
+                return super().info(event, *args, **kw)
+            event_dict = {**self._context, **kw} if self._context else kw
+            event_dict["event"] = event
+            logger = self._logger
+            line = render(logger, "info", stamp(logger, "info", add_level(logger, "info",
+                                                                           merge(logger, "info", event_dict))))
+            return logger.msg(line)
+
+    return FusedInfo
 
 
 class _UtcStamp:
