@@ -115,14 +115,19 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _processes(count: int, role: str) -> str:
+    return f"{count} {role} process{'' if count == 1 else 'es'}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"### Benchmark {result['date']}{' (quick)' if result['config'].get('quick') else ''}", ""]
     m, c = result["machine"], result["config"]
     lines += [f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, {m['os']}; "
               f"Python {m['python']}, aiokafka {m['aiokafka']}, aiohttp {m['aiohttp']}, "
               f"{'uvloop ' + m['uvloop'] if m.get('uvloop') else 'no uvloop'}; Apache Kafka {m['kafka']} "
-              f"(single local broker). Broker, pipeline (1 router + 1 delivery process), receiver and "
-              f"load generator share the machine.", ""]
+              f"(single local broker). Broker, pipeline ({_processes(c.get('router_procs', 1), 'router')} + "
+              f"{_processes(c.get('delivery_procs', 1), 'delivery')}), receiver and load generator share the "
+              "machine.", ""]
     if result["scenarios"]:
         lines += [f"Workload: {c['events']:,} events to {c['webhooks']} webhooks over {c['accounts']} accounts "
                   f"(fan-out {c['fanout']}), realistic Chatwoot payloads (avg {c['avg_event_bytes']:,} B), "
