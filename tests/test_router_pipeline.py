@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 
 import pytest
 from aiokafka import TopicPartition
@@ -177,3 +178,33 @@ async def test_delivery_keys_land_on_the_partition_the_producer_gives_them(setti
                 for key in routed}
     assert sent == routed
     assert {delivery_key(w.id, str(c)) for w in hooks for c in range(1, 9)} == set(routed)
+
+
+async def test_a_steady_trickle_commits_at_most_once_per_gap_and_settle_commits_at_once() -> None:
+    """Small batches acknowledged every 10 ms: commits at least ``commit_gap_s`` apart, each covering
+    every batch in by then; ``settle`` (a rebalance, shutdown) does not wait for the gap."""
+    consumer = FakeConsumer()
+    gap = 0.3
+    loop = asyncio.get_running_loop()
+    commit_times: list[float] = []
+
+    class Timed(FakeConsumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            commit_times.append(loop.time())
+            await consumer.commit(offsets)
+
+    in_flight = InFlight(Timed(), limit=100, commit_gap_s=gap)  # type: ignore[arg-type]
+    concluded: list[int] = []
+    for n in range(50):  # 0.5 s of batches
+        ack = loop.create_future()
+        in_flight.add(ack, {TP: n + 1}, functools.partial(_conclude, concluded, n))
+        ack.set_result(None)
+        await asyncio.sleep(0.01)
+    assert 2 <= len(consumer.commits) <= 3, consumer.commits  # not one per batch
+    assert all(b - a >= gap * 0.9 for a, b in itertools.pairwise(commit_times)), commit_times
+    assert consumer.commits == sorted(consumer.commits)
+    started = loop.time()
+    await in_flight.settle()
+    assert loop.time() - started < gap / 2  # the last batches commit at once
+    assert consumer.commits[-1] == 50
+    assert concluded == list(range(50))

@@ -13,11 +13,16 @@ One committer commits: each commit covers every batch at the head whose acknowle
 One commit per batch did: under a steady trickle (many small batches) each waited for the commit
 before it, 6-26 ms each on a busy broker, and batches waited up to 3 s after their acknowledgements,
 holding their records (and their garbage-collector passes) and costing the broker a commit each.
+Commits are also at least ``commit_gap_s`` apart (``COMMIT_GAP_S``), as the delivery worker's are:
+under a steady load of small batches, a commit per batch was a request to the broker every few
+milliseconds for offsets a crash would re-route a fraction of a second of anyway. ``settle`` does
+not wait for the gap: a rebalance, an idle check and shutdown commit at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +35,8 @@ from services.shared import kafka
 from services.shared import logging as logs
 
 log = logs.get("router")
+
+COMMIT_GAP_S = 0.2  # least time between two commits (``settle`` commits at once)
 
 Concluded = Callable[[float], None]
 """Called after a batch's commit with the time its last acknowledgement came in."""
@@ -46,10 +53,14 @@ class _InFlight:
 class InFlight:
     """At most ``limit`` produced batches awaiting acknowledgements; commits in batch order."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, limit: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, limit: int, clock: Callable[[], float] = time.time, *,
+                 commit_gap_s: float = COMMIT_GAP_S) -> None:
         self._consumer = consumer
         self._limit = limit
         self._clock = clock
+        self._commit_gap_s = commit_gap_s
+        self._committed_at = float("-inf")  # the loop's time of the last commit
+        self._now = asyncio.Event()  # set while ``settle`` waits: commit without the gap
         self._batches: deque[_InFlight] = deque()  # added, not yet seen committed by ``room``/``settle``
         self._uncommitted: deque[_InFlight] = deque()  # the committer's queue, in batch order
         self._committer: asyncio.Task[None] | None = None
@@ -82,6 +93,7 @@ class InFlight:
         """Wait until every batch in flight is committed, or failed (the first failure is raised)."""
         batches, self._batches = list(self._batches), deque()
         if batches:
+            self._now.set()
             try:
                 await asyncio.wait([b.committed for b in batches])
             except asyncio.CancelledError:
@@ -90,6 +102,8 @@ class InFlight:
                 for batch in batches:
                     batch.committed.cancel()
                 raise
+            finally:
+                self._now.clear()
         for batch in batches:
             self._check(batch.committed)
         if self._failure is not None:
@@ -117,6 +131,7 @@ class InFlight:
             if head.cancelled() or head.exception() is not None:
                 self._fail_all(None if head.cancelled() else head.exception())
                 return
+            await self._gap()
             done: list[_InFlight] = []
             offsets: dict[TopicPartition, int] = {}
             while queue and _succeeded(queue[0].acked):
@@ -124,6 +139,7 @@ class InFlight:
                 done.append(batch)
                 offsets.update(batch.offsets)  # a later batch's offset of a partition is the higher one
             await self._commit(offsets)
+            self._committed_at = asyncio.get_running_loop().time()
             for batch in done:
                 try:
                     batch.concluded(batch.acked.result())
@@ -131,6 +147,14 @@ class InFlight:
                     batch.committed.set_exception(exc)
                 else:
                     batch.committed.set_result(None)
+
+    async def _gap(self) -> None:
+        """Wait out what is left of ``commit_gap_s`` since the last commit, unless ``settle`` waits."""
+        left = self._committed_at + self._commit_gap_s - asyncio.get_running_loop().time()
+        if left > 0 and not self._now.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._now.wait()
 
     def _fail_all(self, error: BaseException | None) -> None:
         """The head batch failed (``error``) or was cancelled (None): it and every batch after it end
