@@ -108,15 +108,13 @@ class Connection(asyncio.Protocol):
         self._over = False
 
     # -- the sender's side -----------------------------------------------------------------------------
-    def exchange(self, data: bytes, body: bytes, body_limit: int,
-                 deadline: float | None = None) -> asyncio.Future[Response]:
+    def exchange(self, data: bytes, body: bytes, body_limit: int, deadline: float) -> asyncio.Future[Response]:
         """Write one request (``data`` then ``body``); the future is its ``Response``, a ``TransportError``,
         or a ``TimeoutError`` once the loop's clock passes ``deadline`` (the connection is then dropped)."""
         assert self.transport is not None and self._waiter is None
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        if deadline is not None:
-            self._timer = loop.call_at(deadline, self._expire)
+        self._timer = loop.call_at(deadline, self._expire)
         self._limit = body_limit
         self._reset()
         if len(body) > 65536:  # not copied
