@@ -27,7 +27,7 @@ async def test_a_probe_answers_with_the_brokers_and_no_topic_whatever_the_cluste
         responses.append(response)
         return response
 
-    client.send = recorded  # type: ignore[method-assign]
+    client.send = recorded
     try:
         await answered(client)
         everything = await client.fetch_all_metadata()
