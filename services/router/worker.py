@@ -26,6 +26,7 @@ from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.router.commits import InFlight
 from services.router.core import IncomingEvent, RoutePolicy, route
+from services.router.fetch_pacing import FetchPacing
 from services.router.gauges import RouterGauges
 from services.router.outbox import Outbox, Producers
 from services.shared import kafka
@@ -94,6 +95,7 @@ class RouterWorker:
         self._taken = 0  # events routed and produced, committed or still in flight
         self._in_flight: InFlight | None = None
         self._trimmer = Trimmer()  # full batches in a catch-up, then small ones: give the pages back
+        self._pacing = FetchPacing(None, 0)  # the consumer's, once it is started
 
     @property
     def events_routed(self) -> int:
@@ -149,6 +151,7 @@ class RouterWorker:
             outbox = Outbox(Producers(producer, quarantine), deliveries=self._topics.deliveries,
                             invalid=self._topics.invalid, timeout=self._settings.kafka.send_timeout_s)
             self._in_flight = InFlight(consumer, self._settings.router.batches_in_flight, self._clock)
+            self._pacing = FetchPacing(consumer, self._settings.router.fetch_wait_ms)
             tune_gc()
             consumer.subscribe([self._topics.events], listener=_Rebalance(self))
             self._running = True
@@ -173,7 +176,9 @@ class RouterWorker:
                     await asyncio.gather(fetch, return_exceptions=True)
                     return
                 batch, generation = fetch.result(), self._generation
-                self._trimmer.observe(sum(len(records) for records in batch.values()))
+                taken = sum(len(records) for records in batch.values())
+                self._trimmer.observe(taken)
+                self._pacing.observe(taken, sum(len(r.value or b"") for records in batch.values() for r in records))
                 if not batch:
                     await in_flight.settle()
                     await self._gauges.refresh_lag(consumer)
