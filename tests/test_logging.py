@@ -1,10 +1,15 @@
-"""The services' log lines: ``info`` on its fused path writes what structlog's own path writes."""
+"""The services' log lines: ``info`` on its fused path writes what structlog's own path writes, and
+``LineWriter`` writes a loop turn's lines together, in order, losing none at exit."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -84,3 +89,73 @@ def test_info_on_the_fused_path_does_not_go_through_structlogs(out: io.StringIO,
                         lambda *_, **__: pytest.fail("structlog's own path"))
     log.info("fused", n=1)
     assert orjson.loads(out.getvalue())["n"] == 1
+
+
+class Writes(io.StringIO):
+    """A file that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_info_lines_of_one_loop_turn_go_out_together_at_the_next_turn() -> None:
+    file = Writes()
+    writer = logs.LineWriter(file)
+    for n in range(50):
+        writer.info(f"line {n}")
+    assert file.getvalue() == ""  # nothing yet: the turn is not over
+    await asyncio.sleep(0)
+    assert file.getvalue().splitlines() == [f"line {n}" for n in range(50)]
+    assert file.writes == 1
+
+
+async def test_a_warning_goes_out_at_once_after_the_lines_waiting_before_it() -> None:
+    file = Writes()
+    writer = logs.LineWriter(file)
+    writer.info("first")
+    writer.warning("second")
+    assert file.getvalue().splitlines() == ["first", "second"]
+    writer.info("third")
+    await asyncio.sleep(0)
+    assert file.getvalue().splitlines() == ["first", "second", "third"]
+
+
+async def test_a_line_from_another_thread_keeps_the_order() -> None:
+    file = Writes()
+    writer = logs.LineWriter(file)
+    writer.info("from the loop")
+    await asyncio.to_thread(writer.info, "from a thread")
+    assert file.getvalue().splitlines() == ["from the loop", "from a thread"]
+
+
+def test_outside_a_loop_each_line_goes_out_at_once() -> None:
+    file = Writes()
+    writer = logs.LineWriter(file)
+    writer.info("one")
+    assert file.getvalue() == "one\n"
+
+
+def test_a_process_that_ends_right_after_logging_in_its_loop_loses_no_line(tmp_path: Path) -> None:
+    """The lines of the last loop turn are still written when the loop stops with them waiting (at exit)."""
+    script = (
+        "import asyncio\n"
+        "from services.shared import logging as logs\n"
+        "logs.configure(level='info', fmt='json')\n"
+        "log = logs.get('t')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "def last_turn():\n"
+        "    for n in range(1000):\n"
+        "        log.info('line', n=n)\n"
+        "    loop.stop()  # no further turn: the lines wait for the exit\n"
+        "loop.call_soon(last_turn)\n"
+        "loop.run_forever()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(line)["n"] for line in done.stdout.splitlines()] == list(range(1000))

@@ -1,12 +1,21 @@
-"""structlog setup: JSON lines when stdout is not a terminal, readable console output otherwise."""
+"""structlog setup: JSON lines when stdout is not a terminal, readable console output otherwise.
+
+Lines go to stdout through ``LineWriter``: within an event loop, the lines of one loop turn are
+written together at the start of the next (the worker writes one line per delivery attempt, and a
+write per line was a system call per delivery, and under Kubernetes a wake-up of the container
+runtime's log reader); warnings and errors are written at once, with everything before them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -37,9 +46,74 @@ def configure(settings: Settings | None = None, *, level: str | None = None, fmt
     structlog.configure(
         processors=processors,
         wrapper_class=_fused_info(wrapper, processors) if numeric <= logging.INFO else wrapper,
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=_stdout_writer,
         cache_logger_on_first_use=True,
     )
+
+
+class LineWriter:
+    """A structlog logger (``msg`` and the level names) writing whole lines to ``file``.
+
+    ``debug``/``info`` lines written while an event loop runs in this thread wait for that loop's next
+    turn, then go out in one write; anything else (warnings, errors, a line from another thread or from
+    outside a loop) is written at once, after the lines waiting before it, so the order is kept. What
+    waits is written at exit too (``atexit``); a process killed outright loses at most one loop turn of
+    lines."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._loop_thread: int | None = None  # the thread of the loop a flush is scheduled on
+
+    def msg(self, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.urgent(message)
+            return
+        with self._lock:
+            if self._pending and self._loop_thread != threading.get_ident():
+                self._write([*self._pending, message])
+                self._pending = []
+                return
+            if not self._pending:
+                self._loop_thread = threading.get_ident()
+                loop.call_soon(self.flush)
+            self._pending.append(message)
+
+    def urgent(self, message: str) -> None:
+        with self._lock:
+            lines, self._pending = [*self._pending, message], []
+            self._write(lines)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending = self._pending, []
+            if lines:
+                self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+        except (OSError, ValueError):  # stdout closed or gone: nothing to write to
+            pass
+
+    debug = info = log = msg
+    warn = warning = err = error = critical = exception = fatal = failure = urgent
+
+
+_writers: dict[int, LineWriter] = {}
+
+
+def _stdout_writer(*_: Any) -> LineWriter:
+    """One ``LineWriter`` per stdout object (the same one for every logger), flushed at exit."""
+    writer = _writers.get(id(sys.stdout))
+    if writer is None:
+        writer = _writers[id(sys.stdout)] = LineWriter(sys.stdout)
+        atexit.register(writer.flush)
+    return writer
 
 
 def _fused_info(base: type[Any], processors: list[Any]) -> type[Any]:
