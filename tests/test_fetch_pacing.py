@@ -43,7 +43,7 @@ def window(pacing: FetchPacing, clock: Clock, per_s: float, record_bytes: int = 
     for _ in range(10):
         clock.now = round(clock.now + WINDOW_S / 10, 9)
         records = round(per_s * WINDOW_S / 10)
-        pacing.observe(records, records * record_bytes)
+        pacing.observe(records, {0: [SimpleNamespace(value=b"x" * record_bytes)] * records})
 
 
 def settings_of(c: Any) -> tuple[int, int]:

@@ -7,7 +7,7 @@ publisher sending every 5 ms, 200 batches a second of 15 events. Each batch cost
 a produce request and its acknowledgement, the broker those requests, and each delivery worker a fetch
 of its own: at that rate the router spent about three times its per-event cost of a backlog drain.
 
-``FetchPacing.observe(records, nbytes)`` after each fetch. Once the events of the last ``WINDOW_S``
+``FetchPacing.observe(taken, batch)`` after each fetch. Once the events of the last ``WINDOW_S``
 come at ``PACE_ABOVE`` per second or more, the consumer's next fetches wait for the bytes that rate
 brings in ``wait_ms`` (``fetch.min.bytes``), and at most ``wait_ms`` (``fetch.max.wait.ms``). Below
 half of that rate the consumer's own settings apply again: a lone event is routed as soon as it is
@@ -21,7 +21,7 @@ pacing turns itself off, and says so once, when a release no longer has them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from services.shared import logging as logs
@@ -34,7 +34,7 @@ MAX_MIN_BYTES = 1024 * 1024  # the most a paced fetch waits for (it never waits 
 
 
 class FetchPacing:
-    """``FetchPacing(consumer, wait_ms)`` (0: never paced); ``observe`` each fetch's records and bytes."""
+    """``FetchPacing(consumer, wait_ms)`` (0: never paced); ``observe`` each fetch."""
 
     def __init__(self, consumer: Any, wait_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._fetcher: Any = cast(Any, getattr(consumer, "_fetcher", None))
@@ -53,12 +53,13 @@ class FetchPacing:
         self._records = 0
         self._bytes = 0
 
-    def observe(self, records: int, nbytes: int) -> None:
-        """One fetch's records and their bytes; decides the next fetches' pacing once per ``WINDOW_S``."""
+    def observe(self, taken: int, batch: Mapping[Any, Sequence[Any]]) -> None:
+        """One fetch: ``taken`` records, ``batch`` (partition -> records); decides the next fetches' pacing
+        once per ``WINDOW_S``. The records' bytes are only counted while pacing can be set."""
         if self._own is None:
             return
-        self._records += records
-        self._bytes += nbytes
+        self._records += taken
+        self._bytes += sum(len(r.value or b"") for records in batch.values() for r in records)
         now = self._clock()
         elapsed = now - self._started
         if elapsed < WINDOW_S:

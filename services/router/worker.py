@@ -178,7 +178,7 @@ class RouterWorker:
                 batch, generation = fetch.result(), self._generation
                 taken = sum(len(records) for records in batch.values())
                 self._trimmer.observe(taken)
-                self._pacing.observe(taken, sum(len(r.value or b"") for records in batch.values() for r in records))
+                self._pacing.observe(taken, batch)
                 if not batch:
                     await in_flight.settle()
                     await self._gauges.refresh_lag(consumer)

@@ -74,8 +74,7 @@ class LineWriter:
             return
         with self._lock:
             if self._pending and self._loop_thread != threading.get_ident():
-                self._write([*self._pending, message])
-                self._pending = []
+                self._write_after_pending(message)
                 return
             if not self._pending:
                 self._loop_thread = threading.get_ident()
@@ -84,8 +83,12 @@ class LineWriter:
 
     def urgent(self, message: str) -> None:
         with self._lock:
-            lines, self._pending = [*self._pending, message], []
-            self._write(lines)
+            self._write_after_pending(message)
+
+    def _write_after_pending(self, message: str) -> None:
+        """The waiting lines, then ``message``, at once (the lock held)."""
+        lines, self._pending = [*self._pending, message], []
+        self._write(lines)
 
     def flush(self) -> None:
         with self._lock:
