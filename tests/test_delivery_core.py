@@ -1,8 +1,11 @@
-"""Unit tests of the delivery worker's pure parts: offset ledger, pauses, dispatcher, circuit, records."""
+"""Unit tests of the delivery worker's pure parts: offset ledger, pauses, due holds, dispatcher, circuit,
+records."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from dataclasses import dataclass
 
 import orjson
@@ -25,6 +28,7 @@ from services.delivery.ledger import (
     encode_done,
 )
 from services.delivery.policy import AttemptResult, Retry
+from services.delivery.tiers import DueGate, gather_s
 
 TP = TopicPartition("t", 0)
 
@@ -84,6 +88,11 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.paused: set[TopicPartition] = set()
         self.calls: list[str] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.resumed = asyncio.Event()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     def pause(self, *tps: TopicPartition) -> None:
         self.paused.update(tps)
@@ -92,6 +101,7 @@ class FakeConsumer:
     def resume(self, *tps: TopicPartition) -> None:
         self.paused.difference_update(tps)
         self.calls.append("resume")
+        self.resumed.set()
 
 
 def test_pause_reasons_resume_only_when_none_left() -> None:
@@ -106,6 +116,22 @@ def test_pause_reasons_resume_only_when_none_left() -> None:
     assert consumer.paused == set()
     assert consumer.calls == ["pause", "resume"]
     assert pauses.count() == 0
+
+
+async def test_a_held_tier_partition_resumes_a_gathering_window_after_its_heads_due_time() -> None:
+    """The records falling due within the window after the head come in the same fetch: a tier fed
+    steadily is not fetched again for each record."""
+    assert [gather_s(delay) for delay in (1, 5, 30, 50, 300)] == [0.1, 0.1, 0.6, 1.0, 1.0]
+    consumer = FakeConsumer()
+    gate = DueGate(consumer, Pauses(consumer), {"tier": 5.0})
+    tp = TopicPartition("tier", 0)
+    loop = asyncio.get_running_loop()
+    held_at, now = loop.time(), time.time()
+    gate.hold(tp, 7, now + 0.05, now)
+    assert consumer.paused == {tp} and consumer.seeks == [(tp, 7)] and len(gate) == 1
+    await asyncio.wait_for(consumer.resumed.wait(), 5)
+    assert loop.time() - held_at >= 0.05 + gather_s(5.0)  # not at the head's own due time
+    assert consumer.paused == set() and len(gate) == 0
 
 
 # --- dispatcher ----------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ class Intake:
         self.max_in_flight = settings.max_in_flight
         self.max_in_flight_bytes = settings.max_in_flight_bytes
         self._commits = commits
+        self._delays = topics.retry_topics
         # How long past its write a record of each input topic may be held: its tier's delay times (1 + jitter).
         longest = max(topics.retry_topics.values(), default=0.0)
         self._max_hold = {topic: topics.retry_topics.get(topic, longest) * (1 + jitter) + HOLD_SLACK_S
@@ -114,7 +115,7 @@ class Intake:
     def bind(self, consumer: AIOKafkaConsumer) -> None:
         self._consumer = consumer
         self.pauses = Pauses(consumer)
-        self.gate = DueGate(consumer, self.pauses)
+        self.gate = DueGate(consumer, self.pauses, self._delays)
 
     def accept(self, tp: TopicPartition, batch: Iterable[Any], now: float,
                admit: Callable[[Job], None], reject: Callable[[Malformed], None]) -> None:
