@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -17,11 +18,13 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from services import __version__
 from services.contract import headers as h
-from services.contract.topics import Topics
+from services.contract.topics import Topics, topic_specs
 from services.delivery import webhook_view
 from services.delivery.worker import DeliveryWorker
 from services.devtools.ports import free_port
+from services.shared import kafka
 from services.shared.errors import ConfigError, KafkaUnavailableError
+from services.shared.kafka import RECORD_HEADROOM_BYTES
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
 from tests.conftest import create_topics_with_record_limit, make_settings
@@ -460,6 +463,31 @@ async def test_a_worker_whose_table_is_behind_retries_instead_of_dead_lettering(
         log = attempts_of(await read_topic(settings, s.topics.attempts, 2))
         assert [(a["attempt"], a["outcome"]) for a in log] == [(1, "retry"), (2, "success")]
         assert s.sample("akece_webhooks_dead_letters_total", reason="webhook_deleted") == 0
+
+
+async def test_an_event_over_a_mebibyte_travels_the_retry_tiers_to_the_dlq_when_the_topics_allow_it(
+        kafka_bootstrap: str, receiver: Receiver) -> None:
+    """AKECE_ROUTER_MAX_EVENT_BYTES raised past a mebibyte (the producer's default request size) with the
+    topics' max.message.bytes raised to match: a large delivery its receiver refuses goes through the
+    retry tiers to the DLQ like any other, and the worker goes on delivering."""
+    settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 2_000_000})
+    limit = str(2_000_000 + RECORD_HEADROOM_BYTES)
+    await kafka.create_topics(settings, [replace(spec, config={**spec.config, "max.message.bytes": limit})
+                                         for spec in topic_specs(settings)])
+    receiver.set("/large", status=500)
+    async with stack(settings) as s:
+        large, small = make_webhook(receiver.url("/large")), make_webhook(receiver.url("/small"))
+        await s.add(large, small)
+        body = orjson.dumps({"event": "message_created", "content": "x" * 1_500_000})
+        big = delivery(large, body=body)
+        await produce(settings, [big])
+        async with s.running():
+            [record] = await read_topic(settings, s.topics.dlq, 1, timeout=30)
+            await produce(settings, [delivery(small)])
+            await receiver.wait_for(1, timeout=30, path="/small")
+    assert record.value == body
+    assert h.to_dict(record.headers)[h.DLQ_REASON] == "exhausted"
+    assert [len(r.body) for r in receiver.requests if r.path == "/large"] == [len(body)] * 3
 
 
 async def test_a_dead_letter_topic_too_small_for_the_largest_event_stops_the_worker_at_start(

@@ -133,7 +133,7 @@ class _Batch:
 
 
 class _Producer:
-    """Takes the attempt log's batches and acknowledges them when the test says so."""
+    """Takes the writer's batches and acknowledges them when the test says so."""
 
     def __init__(self) -> None:
         self.sent = asyncio.Event()
@@ -167,7 +167,8 @@ async def test_an_attempt_waiting_for_its_acknowledgement_keeps_nothing_of_its_r
 
     dispatcher: Dispatcher[Job] = Dispatcher(10, 10, start)
     attempts = Attempts(settings, _Table(webhook), None, Metrics(CollectorRegistry()), dispatcher,  # type: ignore[arg-type]
-                        lambda ledger, offset, size: finished.append((ledger, offset, size)), random.Random(1))
+                        lambda ledger, offset, size: finished.append((ledger, offset, size)), random.Random(1),
+                        max_record_bytes=1024 * 1024)
     attempts.bind(producer, _Sender(), None)  # type: ignore[arg-type]
     d = delivery(webhook, body=BODY)
     tp = TopicPartition(Topics.from_settings(settings).deliveries, 0)

@@ -5,8 +5,8 @@ dead-lettered in the end.
   ``gauges``: what it reports on every commit tick (in flight, lag, retry tier depth).
 - ``intake``: fetched records become jobs within the in-flight budgets (backpressure, pauses, due holds).
 - ``attempt``: one job's attempt: ``policy.precheck``, the signed POST (``http``, ``signing``),
-  ``policy.next_step``, the attempt log and retry/DLQ records (``records``; ``attempt_log`` writes the
-  attempt log in batches); ``report``: its metrics and its one log line.
+  ``policy.next_step``, the attempt log and retry/DLQ records (``records``; ``writer`` produces them
+  in batches); ``report``: its metrics and its one log line.
 - ``commits``: the offset ledger (``ledger``) and the consumer's commits with their metadata.
 - ``policy``: the pure decisions (``precheck``, ``next_step``) and the ``ErrorClass`` vocabulary.
 - ``dispatch``: per-key order, per-webhook bulkheads, the global cap; ``breaker``: per-webhook circuit

@@ -12,7 +12,6 @@ broker that does not acknowledge (``KafkaUnavailableError``) stops the worker.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import traceback
@@ -26,7 +25,6 @@ from services.contract import headers as h
 from services.contract.times import iso_time
 from services.contract.topics import Topics
 from services.delivery import records
-from services.delivery.attempt_log import AttemptLog, Window, broker_side
 from services.delivery.breaker import Circuits
 from services.delivery.dispatch import Dispatcher
 from services.delivery.http import HttpSender
@@ -45,6 +43,7 @@ from services.delivery.policy import (
 from services.delivery.report import AttemptReport, outcome
 from services.delivery.signing import ActiveSecrets, request_headers
 from services.delivery.webhook_view import WebhookView
+from services.delivery.writer import BatchedWriter, Window, broker_side
 from services.shared import logging as logs
 from services.shared import urls
 from services.shared.errors import KafkaUnavailableError
@@ -58,12 +57,12 @@ INTERNAL = ErrorClass.INTERNAL
 
 
 class Attempts:
-    """``Attempts(settings, table, store, metrics, dispatcher, finish, rng)``: runs one job's attempt
+    """``Attempts(settings, table, store, metrics, dispatcher, finish, rng, max_record_bytes=)``: runs one job's attempt
     to its end and calls ``finish(ledger, offset, size)``."""
 
     def __init__(self, settings: Settings, table: SubscriptionTable, store: SubscriptionStore, metrics: Metrics,
                  dispatcher: Dispatcher[Job], finish: Callable[[PartitionLedger, int, int], None],
-                 rng: random.Random) -> None:
+                 rng: random.Random, *, max_record_bytes: int) -> None:
         self._settings = settings
         self._metrics = metrics
         self._dispatcher = dispatcher
@@ -75,19 +74,18 @@ class Attempts:
                                  settings.delivery.auto_disable_after_s)
         self._internal_errors = metrics.internal_errors.labels(stage="delivery")  # exported at 0 from the start
         self._report = AttemptReport(metrics)
-        self._log = AttemptLog(self._topics.attempts, settings.kafka.send_timeout_s)
+        self._writer = BatchedWriter(settings.kafka.send_timeout_s, max_record_bytes)
         self._signing = ActiveSecrets()
         self._webhooks = WebhookView(self._topics, table, store, metrics, self.circuits)
-        self._producer: AIOKafkaProducer | None = None
         self._sender: HttpSender | None = None
 
     def bind(self, producer: AIOKafkaProducer, sender: HttpSender, probe: Any) -> None:
-        self._producer, self._sender = producer, sender
-        self._log.bind(producer)
+        self._sender = sender
+        self._writer.bind(producer)
         self._webhooks.bind(probe)
 
     def close(self) -> None:
-        self._log.close()
+        self._writer.close()
 
     # --- one delivery ------------------------------------------------------------------------
     async def deliver(self, job: Job) -> None:
@@ -116,15 +114,13 @@ class Attempts:
         self._finish(ledger, offset, size)
 
     async def dead_letter_malformed(self, bad: Malformed) -> None:
-        assert self._producer is not None
         now, record = time.time(), bad.record
         reason = ErrorClass.MALFORMED_RECORD
         headers = h.replace(record.headers or [], {h.DLQ_REASON: reason, h.LAST_ERROR: bad.error[:300],
                                                    h.DLQ_AT: round(now, 3)})
         log.error("delivery.malformed_record", topic=bad.tp.topic, partition=bad.tp.partition, offset=record.offset,
                   error=bad.error[:300])
-        ack = await self._producer.send(self._topics.dlq, value=record.value, key=record.key, headers=headers)
-        await self._acknowledged([ack])
+        await self._writer.append(self._topics.dlq, record.key, record.value or b"", headers)
         self._metrics.dead_letters.labels(reason).inc()
         self._finish(bad.ledger, record.offset, bad.size)
 
@@ -173,7 +169,7 @@ class Attempts:
 
     # --- conclude ----------------------------------------------------------------------------
     async def _conclude(self, job: Job, result: AttemptResult, started_at: float, *,
-                        dispatched: bool = True) -> list[asyncio.Future[Any]]:
+                        dispatched: bool = True) -> list[Window]:
         """Next step of an attempt: disable, attempt log and retry/DLQ record enqueued (the acknowledgements
         to await before it is done), its dispatcher slot released. If that fails for this record (not for
         the broker), the record's attempt is ``internal`` instead."""
@@ -191,7 +187,7 @@ class Attempts:
         return acks
 
     async def _settle_internal(self, job: Job, result: AttemptResult, exc: Exception, started_at: float,
-                               now: float) -> list[asyncio.Future[Any]]:
+                               now: float) -> list[Window]:
         """Settle ``job`` as an ``internal`` failure; if even that fails, dead-letter the record as it is."""
         if result.error_class != INTERNAL:
             result = self._internal(job, exc)
@@ -201,17 +197,16 @@ class Attempts:
                 if broker_side(again):
                     raise
                 exc = again
-        assert self._producer is not None
         message = (result.error_message or type(exc).__name__)[:300]
         headers = h.replace(job.headers, {h.DLQ_REASON: INTERNAL, h.LAST_ERROR_CLASS: INTERNAL, h.LAST_ERROR: message,
                                           h.DLQ_AT: round(now, 3), h.DUE_AT: None})
         log.error("delivery.dead_lettered_as_is", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
                   error_type=type(exc).__name__)
         self._metrics.dead_letters.labels(INTERNAL).inc()
-        return [await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key, headers=headers)]
+        return [self._writer.append(self._topics.dlq, job.record_key, job.value, headers)]
 
     async def _settle(self, job: Job, result: AttemptResult, started_at: float,
-                      now: float) -> list[asyncio.Future[Any]]:
+                      now: float) -> list[Window]:
         """The step after ``result``, its side effects; the acknowledgements to await."""
         meta = job.meta
         step = next_step(result, meta.attempt, self._schedule, now, self._rng)
@@ -220,14 +215,12 @@ class Attempts:
         if result.sent and self.circuits.record(meta.webhook_id, result.ok, now):
             since = self.circuits.failing_since(meta.webhook_id) or now
             await self._webhooks.disable(meta.webhook_id, f"no successful delivery since {iso_time(since)}", "failing")
-        acks = await self._follow_up(job, result, step, started_at, now)
+        acks = self._follow_up(job, result, step, started_at, now)
         self._report.attempted(job.meta, result, step, now)
         return acks
 
-    async def _follow_up(self, job: Job, result: AttemptResult, step: Step, started_at: float,
-                         now: float) -> list[asyncio.Future[Any]]:
-        """Enqueue the attempt log record and the retry/DLQ record; their acknowledgements."""
-        assert self._producer is not None
+    def _follow_up(self, job: Job, result: AttemptResult, step: Step, started_at: float, now: float) -> list[Window]:
+        """Queue the attempt log record and the retry/DLQ record; their acknowledgements."""
         meta = job.meta
         retry = step if isinstance(step, Retry) else None
         dead = step if isinstance(step, DeadLetter) else None
@@ -235,29 +228,20 @@ class Attempts:
             meta, result, outcome=outcome(step), next_delay_s=retry.delay if retry else None,
             dlq_reason=dead.reason if dead else None, started_at=started_at,
             response_limit=self._settings.http.max_response_bytes)
-        acks: list[asyncio.Future[Any]] = [self._log.append(str(meta.webhook_id).encode(), log_value)]
+        acks = [self._writer.append(self._topics.attempts, str(meta.webhook_id).encode(), log_value)]
         if retry is not None:
             headers = records.retry_headers(job.headers, meta, result, retry, started_at)
-            acks.append(await self._producer.send(self._topics.retry(retry.tier), value=job.value,
-                                                  key=job.record_key, headers=headers))
+            acks.append(self._writer.append(self._topics.retry(retry.tier), job.record_key, job.value, headers))
         elif dead is not None:
             headers = records.dlq_headers(job.headers, meta, result, dead.reason, started_at, now)
-            acks.append(await self._producer.send(self._topics.dlq, value=job.value, key=job.record_key,
-                                                  headers=headers))
+            acks.append(self._writer.append(self._topics.dlq, job.record_key, job.value, headers))
         return acks
 
-    async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> None:
-        if all(isinstance(ack, Window) for ack in acks):  # the attempt log bounds its own waits
-            for ack in acks:
-                await ack
-            return
-        timeout = self._settings.kafka.send_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                for ack in acks:
-                    await ack
-        except TimeoutError as exc:
-            raise KafkaUnavailableError(f"no produce acknowledgement within {timeout}s") from exc
+    @staticmethod
+    async def _acknowledged(acks: list[Window]) -> None:
+        """The writer bounds each window's wait (``KafkaUnavailableError`` past its timeout)."""
+        for ack in acks:
+            await ack
 
     def forget_circuits(self) -> None:
         self._webhooks.forget_circuits()

@@ -74,8 +74,10 @@ class DeliveryWorker:
         self._dispatcher: Dispatcher[Job] = Dispatcher(d.max_concurrency, d.per_webhook_concurrency, self._start,
                                                        backlog=d.per_webhook_backlog,
                                                        slow_s=d.per_webhook_slow_s)
+        # Retry and dead-letter records carry the event's body: as large as the router may route, with headers.
+        self._max_request = settings.router.max_event_bytes + kafka.RECORD_HEADROOM_BYTES
         self._attempts = Attempts(settings, table, store, metrics, self._dispatcher, self._intake.finish,
-                                  rng or random.Random())
+                                  rng or random.Random(), max_record_bytes=self._max_request)
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._ready = False
         self._fatal: BaseException | None = None
@@ -104,7 +106,7 @@ class DeliveryWorker:
         if not await first_of(self._table.wait_ready(), stop):
             return
         settings = self._settings
-        producer = kafka.producer(settings)
+        producer = kafka.producer(settings, max_request_size=self._max_request)
         consumer = kafka.consumer(settings, group_id=self.group_id, max_partition_fetch_bytes=FETCH_BYTES)
         probe = kafka.consumer(settings, group_id=None)
         admin = kafka.admin(settings)
