@@ -372,6 +372,25 @@ def stage_latencies(expected: dict[str, str], published: dict[str, float], route
                                   "p99": round(percentile(delivery, 0.99), 1)}}
 
 
+def latency_by_second(expected: dict[str, str], published: dict[str, float],
+                      arrived: dict[str, float]) -> list[dict[str, float]]:
+    """Publish-to-arrival latency of the events published in each whole second of a paced run: whether its
+    tail is spread over the run or gathered in a few seconds (a burst, a pause). ms."""
+    if not published:
+        return []
+    origin = min(published.values())
+    seconds: dict[int, list[float]] = {}
+    for d, e in expected.items():
+        if d in arrived:
+            seconds.setdefault(int(published[e] - origin), []).append((arrived[d] - published[e]) * 1000)
+    rows = []
+    for second, values in sorted(seconds.items()):
+        values.sort()
+        rows.append({"s": second, "n": len(values), "p50": round(percentile(values, 0.5), 1),
+                     "p99": round(percentile(values, 0.99), 1), "max": round(values[-1], 1)})
+    return rows
+
+
 class Snapshots:
     """CPU seconds of a set of processes at named moments."""
 
@@ -696,6 +715,8 @@ class ScenarioRun:
         routed = (await read_deliveries(self.settings, [deliveries_topic], offsets))[deliveries_topic]
         stages = stage_latencies(expected, stamps, routed, log.first)
         latencies = sorted((log.first[d] - stamps[e]) * 1000 for d, e in expected.items() if d in log.first)
+        by_second = latency_by_second(expected, stamps, log.first)
+        worst = sorted(by_second, key=lambda row: row["p99"], reverse=True)[:3]
         latency = {"p50": round(percentile(latencies, 0.50), 1), "p95": round(percentile(latencies, 0.95), 1),
                    "p99": round(percentile(latencies, 0.99), 1),
                    "max": round(latencies[-1], 1) if latencies else None}
@@ -705,11 +726,13 @@ class ScenarioRun:
                "latency_ms": latency,
                "publish_ack_ms": {"p50": round(percentile(acks, 0.5), 1), "p99": round(percentile(acks, 0.99), 1)},
                "stages_ms": stages,
+               "latency_by_second_ms": by_second,
                "cpu_s": {k: round(v, 2) for k, v in snaps.delta("paced_start", "paced_end").items()},
                "other_load_cores": round(snaps.other_cores("paced_start", "paced_end"), 2)}
         say(f"[{self.scenario.name}] paced: p50 {latency['p50']} ms, p95 {latency['p95']} ms, "
             f"p99 {latency['p99']} ms ({reason}); publish acks p50 {percentile(acks, 0.5):.1f} ms, "
-            f"p99 {percentile(acks, 0.99):.1f} ms; stages {stages}")
+            f"p99 {percentile(acks, 0.99):.1f} ms; stages {stages}; worst seconds (published at s, p99 ms) "
+            f"{[(row['s'], row['p99']) for row in worst]}")
         return out, expected, self.workload.held_ids(events)
 
     def _process_stats(self, snaps: Snapshots) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.e2e import Workload, percentile, steady_rate, timeline
+from bench.e2e import Workload, latency_by_second, percentile, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
 from services.devtools.ports import free_port
@@ -111,6 +111,18 @@ def fake_result() -> dict[str, Any]:
                        "partitions": 6, "timeout_s": 5.0, "log_level": "info", "quick": True}}
     return report.build(limits, [scenario("instant", 4100, 50.0), scenario("hang5", 3900, 60.0, hanging=1)],
                         meta)
+
+
+def test_paced_latency_by_second_of_publishing() -> None:
+    """A paced run's tail, second by second: a pause shows in the seconds it hit."""
+    published = {f"e{n}": 100.0 + n * 0.01 for n in range(300)}  # 3 s at 100 events/s
+    expected = {f"d{n}": f"e{n}" for n in range(300)}
+    arrived = {f"d{n}": published[f"e{n}"] + (0.5 if 150 <= n < 160 else 0.02) for n in range(300) if n != 7}
+    rows = latency_by_second(expected, published, arrived)
+    assert [row["s"] for row in rows] == [0, 1, 2] and [row["n"] for row in rows] == [99, 100, 100]
+    assert rows[0]["p99"] == pytest.approx(20, abs=0.1) and rows[2]["max"] == pytest.approx(20, abs=0.1)
+    assert rows[1]["p99"] == pytest.approx(500, abs=0.1) and rows[1]["p50"] == pytest.approx(20, abs=0.1)
+    assert latency_by_second({}, {}, {}) == []
 
 
 def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
