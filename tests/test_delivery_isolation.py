@@ -34,7 +34,7 @@ from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
 from tests.conftest import make_settings
-from tests.delivery_support import Delivery, delivery, make_webhook, produce, read_topic, stack
+from tests.delivery_support import Delivery, committed, delivery, make_webhook, produce, read_topic, stack
 from tests.log_capture import captured_logs
 from tests.raw_receiver import RawReceiver
 from tests.receiver import Receiver
@@ -289,6 +289,33 @@ async def test_a_due_time_far_ahead_holds_a_tier_partition_only_for_its_delay(se
             arrived = await receiver.wait_for(2, timeout=15, path="/later")
         assert [r.headers["webhook-id"] for r in arrived] == [ahead.delivery_id, behind.delivery_id]
         assert arrived[0].time - now < 10
+
+
+async def test_a_record_too_large_even_for_the_dlq_is_named_and_left_without_stopping_the_worker(
+        kafka_bootstrap: str, receiver: Receiver) -> None:
+    """A delivery record over what AKECE_ROUTER_MAX_EVENT_BYTES allows (another producer wrote it, or the limit
+    was lowered after it was routed), refused by its receiver: the producer refuses its retry record, and its
+    dead letter too. It stays where it is, named by an error line with its offset, and the worker goes on
+    (stopping, it would meet the same record each time it ran again)."""
+    settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 300_000})
+    receiver.set("/refuses", status=500)
+    async with stack(settings) as s:
+        refuses, fine = make_webhook(receiver.url("/refuses")), make_webhook(receiver.url("/fine"))
+        await s.add(refuses, fine)
+        big, after = delivery(refuses, body=orjson.dumps({"content": "x" * 500_000})), delivery(fine)
+        with captured_logs() as logs:
+            await produce_raw(settings, [(big.key, big.value, big.headers)], s.topics.deliveries)
+            await produce(settings, [after])
+            worker = await s.until_idle()
+        [line] = logs.events("delivery.too_large_to_dead_letter")
+        done = await committed(settings, worker.group_id, s.topics.deliveries)
+    assert [len(r.body) for r in receiver.for_path("/refuses")] == [len(big.value)]
+    assert [r.headers["webhook-id"] for r in receiver.for_path("/fine")] == [after.delivery_id]
+    assert line["topic"] == s.topics.deliveries and line["size"] == len(big.value)
+    assert line["delivery_id"] == big.delivery_id and line["level"] == "error"
+    assert sum(done.values()) == 2  # both committed: the worker is past it
+    assert s.sample("akece_webhooks_internal_errors_total", stage="delivery") >= 1
+    assert s.sample("akece_webhooks_dead_letters_total", reason="internal") == 0
 
 
 async def test_an_error_while_concluding_is_the_records_failure(settings: Settings, receiver: Receiver,

@@ -15,10 +15,10 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.contract import headers as h
@@ -43,7 +43,7 @@ from services.delivery.policy import (
 from services.delivery.report import AttemptReport, outcome
 from services.delivery.signing import ActiveSecrets, request_headers
 from services.delivery.webhook_view import WebhookView
-from services.delivery.writer import BatchedWriter, Window, broker_side
+from services.delivery.writer import RECORD_KAFKA_ERRORS, BatchedWriter, Window, broker_side
 from services.shared import logging as logs
 from services.shared import urls
 from services.shared.errors import KafkaUnavailableError
@@ -120,8 +120,8 @@ class Attempts:
                                                    h.DLQ_AT: round(now, 3)})
         log.error("delivery.malformed_record", topic=bad.tp.topic, partition=bad.tp.partition, offset=record.offset,
                   error=bad.error[:300])
-        await self._writer.append(self._topics.dlq, record.key, record.value or b"", headers)
-        self._metrics.dead_letters.labels(reason).inc()
+        if await self._acknowledged(self._dead_letter(bad.tp, record.offset, record.key, record.value or b"", headers)):
+            self._metrics.dead_letters.labels(reason).inc()
         self._finish(bad.ledger, record.offset, bad.size)
 
     async def _attempt(self, job: Job, started_at: float) -> AttemptResult:
@@ -202,8 +202,25 @@ class Attempts:
                                           h.DLQ_AT: round(now, 3), h.DUE_AT: None})
         log.error("delivery.dead_lettered_as_is", delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id,
                   error_type=type(exc).__name__)
-        self._metrics.dead_letters.labels(INTERNAL).inc()
-        return [self._writer.append(self._topics.dlq, job.record_key, job.value, headers)]
+        acks = self._dead_letter(job.tp, job.offset, job.record_key, job.value, headers,
+                                 delivery_id=job.meta.delivery_id, webhook_id=job.webhook_id)
+        if acks:
+            self._metrics.dead_letters.labels(INTERNAL).inc()
+        return acks
+
+    def _dead_letter(self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes,
+                     headers: Sequence[tuple[str, bytes | None]], **context: Any) -> list[Window]:
+        """The record to the DLQ as it is. One too large even for the DLQ (written by another producer than
+        the router, or routed before ``AKECE_ROUTER_MAX_EVENT_BYTES`` was lowered) stays where it is, named
+        by an error line and counted as an internal error: one record may not stop the worker (it would
+        meet the same record each time it ran again)."""
+        try:
+            return [self._writer.append(self._topics.dlq, key, value, headers)]
+        except RECORD_KAFKA_ERRORS as exc:
+            self._internal_errors.inc()
+            log.error("delivery.too_large_to_dead_letter", topic=tp.topic, partition=tp.partition, offset=offset,
+                      size=len(value), error=str(exc)[:300], **context)
+            return []
 
     async def _settle(self, job: Job, result: AttemptResult, started_at: float,
                       now: float) -> list[Window]:
@@ -238,10 +255,12 @@ class Attempts:
         return acks
 
     @staticmethod
-    async def _acknowledged(acks: list[Window]) -> None:
-        """The writer bounds each window's wait (``KafkaUnavailableError`` past its timeout)."""
+    async def _acknowledged(acks: list[Window]) -> bool:
+        """The writer bounds each window's wait (``KafkaUnavailableError`` past its timeout). Whether there was
+        anything to acknowledge."""
         for ack in acks:
             await ack
+        return bool(acks)
 
     def forget_circuits(self) -> None:
         self._webhooks.forget_circuits()
