@@ -391,6 +391,23 @@ def latency_by_second(expected: dict[str, str], published: dict[str, float],
     return rows
 
 
+CPU_SAMPLE_S = 0.25  # a paced run's CPU timeline: cores per process group in each quarter second
+
+
+async def sample_cpu(pids: dict[str, list[int]], rows: list[dict[str, float]], origin: float) -> None:
+    """Until cancelled, append the cores each group of ``pids`` and the whole machine used in every
+    ``CPU_SAMPLE_S`` (``s``: seconds since ``origin`` at the sample's end). A latency tail gathered in a
+    few seconds can then be matched to who was busy: a machine at two full cores, a broker's burst."""
+    last, busy, at = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds(), time.time()
+    while True:
+        await asyncio.sleep(CPU_SAMPLE_S)
+        now, span = time.time(), max(time.time() - at, 1e-3)
+        current, machine = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds()
+        rows.append({"s": round(now - origin, 2), "machine": round((machine - busy) / span, 2),
+                     **{name: round(max(0.0, current[name] - last[name]) / span, 2) for name in pids}})
+        last, busy, at = current, machine, now
+
+
 class Snapshots:
     """CPU seconds of a set of processes at named moments."""
 
@@ -707,10 +724,15 @@ class ScenarioRun:
         say(f"[{self.scenario.name}] paced: {count:,} events at {event_rate:,.0f}/s for {config.paced_s:.0f} s")
         deliveries_topic = Topics.from_settings(self.settings).deliveries
         offsets = await end_offsets(self.settings, [deliveries_topic])
+        cpu_rows: list[dict[str, float]] = []
         with generator_heap_frozen():
             snaps.take("paced_start")
-            stamps, acks = await self.publish_paced(events, event_rate)
-            reason = await watch(log, expected, self.roles, stall_s=min(config.stall_s, 15), deadline_s=120)
+            sampler = asyncio.ensure_future(sample_cpu(snaps.pids, cpu_rows, time.time()))
+            try:
+                stamps, acks = await self.publish_paced(events, event_rate)
+                reason = await watch(log, expected, self.roles, stall_s=min(config.stall_s, 15), deadline_s=120)
+            finally:
+                sampler.cancel()
             snaps.take("paced_end")
         routed = (await read_deliveries(self.settings, [deliveries_topic], offsets))[deliveries_topic]
         stages = stage_latencies(expected, stamps, routed, log.first)
@@ -727,12 +749,14 @@ class ScenarioRun:
                "publish_ack_ms": {"p50": round(percentile(acks, 0.5), 1), "p99": round(percentile(acks, 0.99), 1)},
                "stages_ms": stages,
                "latency_by_second_ms": by_second,
+               "cpu_timeline": cpu_rows,
                "cpu_s": {k: round(v, 2) for k, v in snaps.delta("paced_start", "paced_end").items()},
                "other_load_cores": round(snaps.other_cores("paced_start", "paced_end"), 2)}
         say(f"[{self.scenario.name}] paced: p50 {latency['p50']} ms, p95 {latency['p95']} ms, "
             f"p99 {latency['p99']} ms ({reason}); publish acks p50 {percentile(acks, 0.5):.1f} ms, "
             f"p99 {percentile(acks, 0.99):.1f} ms; stages {stages}; worst seconds (published at s, p99 ms) "
-            f"{[(row['s'], row['p99']) for row in worst]}")
+            f"{[(row['s'], row['p99']) for row in worst]}; machine at 1.9 cores or more in "
+            f"{sum(1 for row in cpu_rows if row['machine'] >= 1.9)} of {len(cpu_rows)} quarter seconds")
         return out, expected, self.workload.held_ids(events)
 
     def _process_stats(self, snaps: Snapshots) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.e2e import Workload, latency_by_second, percentile, steady_rate, timeline
+from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
 from services.devtools.ports import free_port
@@ -123,6 +125,20 @@ def test_paced_latency_by_second_of_publishing() -> None:
     assert rows[0]["p99"] == pytest.approx(20, abs=0.1) and rows[2]["max"] == pytest.approx(20, abs=0.1)
     assert rows[1]["p99"] == pytest.approx(500, abs=0.1) and rows[1]["p50"] == pytest.approx(20, abs=0.1)
     assert latency_by_second({}, {}, {}) == []
+
+
+async def test_cpu_timeline_samples_each_group_until_cancelled() -> None:
+    rows: list[dict[str, float]] = []
+    sampler = asyncio.ensure_future(sample_cpu({"me": [os.getpid()], "gone": [2**22 + 7]}, rows, time.time()))
+    deadline = time.monotonic() + 0.8
+    while time.monotonic() < deadline:  # busy in short slices, so the sampler's turns come
+        sum(range(20000))
+        await asyncio.sleep(0)
+    sampler.cancel()
+    assert len(rows) >= 2 and [row["s"] for row in rows] == sorted(row["s"] for row in rows)
+    assert all(set(row) == {"s", "machine", "me", "gone"} for row in rows)
+    assert all(row["gone"] == 0 and row["machine"] >= 0 for row in rows)
+    assert max(row["me"] for row in rows) > 0.3  # this test spun a core meanwhile
 
 
 def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
