@@ -401,7 +401,8 @@ async def sample_cpu(pids: dict[str, list[int]], rows: list[dict[str, float]], o
     last, busy, at = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds(), time.time()
     while True:
         await asyncio.sleep(CPU_SAMPLE_S)
-        now, span = time.time(), max(time.time() - at, 1e-3)
+        now = time.time()
+        span = max(now - at, 1e-3)
         current, machine = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds()
         rows.append({"s": round(now - origin, 2), "machine": round((machine - busy) / span, 2),
                      **{name: round(max(0.0, current[name] - last[name]) / span, 2) for name in pids}})

@@ -72,7 +72,7 @@ def delivery(webhook: Webhook, *, conversation: int | None = 1, body: bytes | No
 
 async def produce(settings: Settings, items: Sequence[Delivery], topic: str | None = None) -> None:
     topic = topic or Topics.from_settings(settings).deliveries
-    max_request = settings.router.max_event_bytes + kafka.RECORD_HEADROOM_BYTES  # as the router's producer
+    max_request = kafka.max_record_bytes(settings.router.max_event_bytes)  # as the router's producer
     async with kafka.started(kafka.producer(settings, max_request_size=max_request)) as producer:
         for start in range(0, len(items), 5000):
             futures = [await producer.send(topic, value=d.value, key=d.key, headers=d.headers)

@@ -24,7 +24,6 @@ from services.delivery.worker import DeliveryWorker
 from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.errors import ConfigError, KafkaUnavailableError
-from services.shared.kafka import RECORD_HEADROOM_BYTES
 from services.shared.settings import RetrySettings, Settings
 from services.shared.subscriptions import SubscriptionTable
 from tests.conftest import create_topics_with_record_limit, make_settings
@@ -471,7 +470,7 @@ async def test_an_event_over_a_mebibyte_travels_the_retry_tiers_to_the_dlq_when_
     topics' max.message.bytes raised to match: a large delivery its receiver refuses goes through the
     retry tiers to the DLQ like any other, and the worker goes on delivering."""
     settings = make_settings(kafka_bootstrap, router={"max_event_bytes": 2_000_000})
-    limit = str(2_000_000 + RECORD_HEADROOM_BYTES)
+    limit = str(kafka.max_record_bytes(2_000_000))
     await kafka.create_topics(settings, [replace(spec, config={**spec.config, "max.message.bytes": limit})
                                          for spec in topic_specs(settings)])
     receiver.set("/large", status=500)

@@ -75,7 +75,7 @@ class DeliveryWorker:
                                                        backlog=d.per_webhook_backlog,
                                                        slow_s=d.per_webhook_slow_s)
         # Retry and dead-letter records carry the event's body: as large as the router may route, with headers.
-        self._max_request = settings.router.max_event_bytes + kafka.RECORD_HEADROOM_BYTES
+        self._max_request = kafka.max_record_bytes(settings.router.max_event_bytes)
         self._attempts = Attempts(settings, table, store, metrics, self._dispatcher, self._intake.finish,
                                   rng or random.Random(), max_record_bytes=self._max_request)
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}

@@ -42,11 +42,11 @@ log = logs.get("router")
 
 Batch = Mapping[TopicPartition, Sequence[Any]]
 IDLE_POLL_MS = 500
-# Delivery headers on top of the largest routable body. Kept small: with the defaults (1,000,000-byte
-# events) the client-side limit stays below the broker's 1,048,588-byte record limit, so most over-size
-# invalid records already fail in the client (and are copied without their body). One the broker
-# refuses anyway (a topic with a smaller max.message.bytes) is handled by ``Outbox._requarantine``.
-HEADROOM_BYTES = kafka.RECORD_HEADROOM_BYTES
+# The producers' request size is the largest routable body plus delivery headers
+# (``kafka.max_record_bytes``). Kept small: with the defaults (1,000,000-byte events) the client-side
+# limit stays below the broker's 1,048,588-byte record limit, so most over-size invalid records
+# already fail in the client (and are copied without their body). One the broker refuses anyway (a
+# topic with a smaller max.message.bytes) is handled by ``Outbox._requarantine``.
 
 
 def default_group_id(settings: Settings) -> str:
@@ -141,7 +141,7 @@ class RouterWorker:
             return
         async with kafka.started(kafka.admin(self._settings)) as admin:
             await kafka.check_record_limits(admin, [self._topics.deliveries], self._policy.max_event_bytes)
-        max_request = self._policy.max_event_bytes + HEADROOM_BYTES
+        max_request = kafka.max_record_bytes(self._policy.max_event_bytes)
         producer = kafka.producer(self._settings, max_request_size=max_request)
         # Invalid records go through their own producer, not idempotent (see ``outbox``).
         quarantine = kafka.producer(self._settings, max_request_size=max_request, enable_idempotence=False)

@@ -207,6 +207,12 @@ RECORD_HEADROOM_BYTES = 40 * 1024
 (the dead-letter story's response excerpt and error text are bounded well below this)."""
 
 
+def max_record_bytes(max_event_bytes: int) -> int:
+    """The largest record the pipeline writes for events up to ``max_event_bytes``: the producers'
+    ``max_request_size`` and what the topics must accept."""
+    return max_event_bytes + RECORD_HEADROOM_BYTES
+
+
 async def max_message_bytes(admin_: AIOKafkaAdminClient, topics: Iterable[str]) -> dict[str, int]:
     """Each existing topic's effective ``max.message.bytes`` (its own setting or the broker's default)."""
     names = list(topics)
@@ -229,7 +235,7 @@ async def check_record_limits(admin_: AIOKafkaAdminClient, topics: Iterable[str]
     Otherwise the first such event would be accepted by the router and then refused by the broker
     at the delivery, retry or dead-letter step: a delivery that could never reach its end.
     """
-    need = max_event_bytes + RECORD_HEADROOM_BYTES
+    need = max_record_bytes(max_event_bytes)
     too_small = {name: limit for name, limit in (await max_message_bytes(admin_, topics)).items() if limit < need}
     if too_small:
         name, limit = sorted(too_small.items())[0]
