@@ -15,8 +15,9 @@ Scenarios: ``instant`` (nginx answers 200 at once), ``slow50`` (an aiohttp recei
 50 ms), ``hang5`` (5% of the webhooks hang past the delivery timeout, the rest answer at once).
 Each: a backlog of N events drained (sustained deliveries/s), then a paced run at half that rate
 (end-to-end latency: publish → arrival at the receiver). Before the bounds and the scenarios,
-``--warmup`` unreported rounds of ``instant`` (default 2) let a freshly started broker's JVM finish
-compiling, so the bounds and the pipeline are measured against the same warm broker.
+``--warmup`` unreported rounds of ``instant`` (by default until the broker's JIT compiler threads are
+quiet, 2-8 rounds) let a freshly started broker's JVM finish compiling, so the bounds and the pipeline
+are measured against the same warm broker.
 
 Peers (``bench.peers``; part of a full run, skipped by ``--quick`` and ``--no-peers``, alone with
 ``--peers``): the pipeline with production defaults, an Apache Camel route (auto-commit, and
@@ -43,7 +44,7 @@ from typing import Any
 
 from bench import report
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
-from bench.limits import http_probe, kafka_probe
+from bench.limits import http_probe, jit_cpu_seconds, kafka_probe
 from bench.peers.drain import SYSTEMS, PeersRun
 from bench.receivers import Nginx, PyReceiver
 from services.devtools.jars import kafka_version
@@ -56,9 +57,16 @@ PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 # A broker's JVM compiles its hot paths in its first minutes, then runs them several times cheaper: in the
 # instant scenario's paced run 2 minutes after start, the broker used 0.7-0.8 cores at 3,400 deliveries/s
 # (0.4 of them its C2 compiler threads), where a warm one needs a fraction of that, and p99 was 160-670 ms
-# against 71 ms warm. A production broker is warm; so is the benchmark's, after these rounds.
+# against 71 ms warm. A production broker is warm; so is the benchmark's, after these rounds. Two rounds
+# were not enough: on 2026-12-07 a fresh broker's compiler threads used 5.6, 2.3, 1.2, 0.5, 0.7, 0.3, 0.2 s
+# of CPU in rounds 1-7 (bursts of 0.3-0.8 cores in the paced runs), the drain rose from 6,130 to
+# 8,339/s and the paced p99 fell from 177 to 48-66 ms once they were under a second. So by default the
+# rounds go on until the compiler is quiet (when the benchmark started the broker and can see it).
 WARMUP_EVENTS = 40_000
 WARMUP_PACED_S = 10.0
+WARMUP_MIN_ROUNDS = 2
+WARMUP_MAX_ROUNDS = 8
+WARMUP_QUIET_JIT_S = 1.0  # the broker's JIT compiler CPU seconds in a round under which it counts as warm
 QUICK = {"events": 10_000, "webhooks": 20, "paced_s": 6.0, "stall_s": 20.0, "probe_s": 3.0, "kafka_records": 20_000}
 
 
@@ -102,11 +110,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, metavar="ROUNDS",
                    help=f"unreported rounds of the instant scenario ({WARMUP_EVENTS:,} events, {WARMUP_PACED_S:.0f} s "
                         "paced) before the bounds and the scenarios, so a freshly started broker's JIT "
-                        "compiler is done (default 2; quick 0)")
+                        f"compiler is done (default: until its compiler threads use under {WARMUP_QUIET_JIT_S:.0f} s "
+                        f"of CPU in a round, {WARMUP_MIN_ROUNDS}-{WARMUP_MAX_ROUNDS} rounds, or "
+                        f"{WARMUP_MIN_ROUNDS} on a broker it did not start; quick 0)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = 0 if args.quick else 2
+    if args.warmup is None and args.quick:
+        args.warmup = 0
     if args.peers and args.no_peers:
         p.error("--peers and --no-peers exclude each other")
     if args.peers_events is None:
@@ -213,12 +223,37 @@ def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | N
     return limits
 
 
-async def warm_up(rounds: int, config: RunConfig) -> None:
+async def warm_up(rounds: int | None, config: RunConfig) -> list[dict[str, Any]]:
+    """Unreported rounds of the instant scenario: ``rounds`` of them, or (``None``) until the broker's JIT
+    compiler is quiet (``warmed``). Returns each round's drain rate and the compiler's CPU seconds."""
     warm = dataclasses.replace(config, events=min(config.events, WARMUP_EVENTS), paced_s=WARMUP_PACED_S,
                                paced_rate=None, profile_dir=None)
-    for n in range(rounds):
-        say(f"warm-up {n + 1} of {rounds} (not reported): the instant scenario, {warm.events:,} events")
-        await ScenarioRun(warm, SCENARIOS["instant"], say).run()
+    done: list[dict[str, Any]] = []
+    while not warmed(done, rounds, config.broker_pid):
+        n = len(done) + 1
+        say(f"warm-up {n} of {rounds if rounds is not None else f'up to {WARMUP_MAX_ROUNDS}'} (not reported): "
+            f"the instant scenario, {warm.events:,} events")
+        before = jit_cpu_seconds(config.broker_pid) if config.broker_pid else None
+        result = await ScenarioRun(warm, SCENARIOS["instant"], say).run()
+        after = jit_cpu_seconds(config.broker_pid) if config.broker_pid else None
+        jit = round(after - before, 2) if before is not None and after is not None else None
+        done.append({"round": n, "drain_per_s": (result.get("drain") or {}).get("sustained_per_s"),
+                     "broker_jit_cpu_s": jit})
+        if jit is not None:
+            say(f"warm-up {n}: the broker's JIT compiler used {jit} s of CPU")
+    return done
+
+
+def warmed(done: list[dict[str, Any]], rounds: int | None, broker_pid: int | None) -> bool:
+    """Whether the warm-up is over: ``rounds`` run; else at least ``WARMUP_MIN_ROUNDS`` and the last one's
+    compiler CPU under ``WARMUP_QUIET_JIT_S`` (or ``WARMUP_MAX_ROUNDS``); a broker the benchmark cannot see
+    (no pid, or no compiler threads found) gets the minimum."""
+    if rounds is not None:
+        return len(done) >= rounds
+    if len(done) < WARMUP_MIN_ROUNDS:
+        return False
+    last = done[-1]["broker_jit_cpu_s"]
+    return broker_pid is None or last is None or last < WARMUP_QUIET_JIT_S or len(done) >= WARMUP_MAX_ROUNDS
 
 
 async def run_scenarios(args: argparse.Namespace, config: RunConfig) -> list[dict[str, Any]]:
@@ -238,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     with_peers = args.peers or not (args.quick or args.no_peers)
     limits: dict[str, Any] = {}
     scenarios: list[dict[str, Any]] = []
+    warmup: list[dict[str, Any]] = []
     peers: dict[str, Any] | None = None
     try:
         with broker(work) as (bootstrap, broker_pid, kafka):
             if not args.peers:
-                limits, scenarios = run_pipeline(args, bootstrap, broker_pid, work)
+                warmup, limits, scenarios = run_pipeline(args, bootstrap, broker_pid, work)
             if with_peers:
                 say(f"peers: each system drains {args.peers_events:,} events alone")
                 peers = asyncio.run(PeersRun(bootstrap=bootstrap, work=work / "peers", events=args.peers_events,
@@ -263,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                        "log_level": os.environ.get("AKECE_LOG_LEVEL", args.log_level),
                        "router_procs": args.router_procs, "delivery_procs": args.delivery_procs,
                        "receiver_procs": args.receiver_procs,
-                       "warmup": {"rounds": args.warmup, "events": min(args.events, WARMUP_EVENTS),
-                                  "paced_s": WARMUP_PACED_S},
+                       "warmup": {"rounds": len(warmup), "requested": args.warmup,
+                                  "events": min(args.events, WARMUP_EVENTS), "paced_s": WARMUP_PACED_S,
+                                  "quiet_jit_cpu_s": WARMUP_QUIET_JIT_S, "each": warmup},
                        "avg_event_bytes": round(sum(len(e.value) for e in sample) / len(sample)),
                        "akece_env": {k: v for k, v in os.environ.items() if k.startswith("AKECE_")}}}
     result = report.build(limits, scenarios, meta, peers)
@@ -282,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | None,
-                 work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 work: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """The machine's bounds and the scenarios, both on a broker the warm-up rounds warmed."""
     config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
                        webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
@@ -292,9 +329,9 @@ def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                        paced_rate=args.paced_rate,
                        profile_dir=args.out / "profiles" if args.profile else None,
                        env={"AKECE_LOG_LEVEL": args.log_level})
-    asyncio.run(warm_up(args.warmup, config))
+    warmup = asyncio.run(warm_up(args.warmup, config))
     limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
-    return limits, asyncio.run(run_scenarios(args, config))
+    return warmup, limits, asyncio.run(run_scenarios(args, config))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,31 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's compiler threads, as /proc names them
+
+
+def jit_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds the JIT compiler threads of the JVM ``pid`` have used (``C1``/``C2 CompilerThread``:
+    a thread's name in ``/proc`` is cut at 15 characters), or ``None`` if it is gone or has none. A
+    broker started minutes ago still compiles its hot paths, in bursts of up to a core."""
+    total, found = 0.0, False
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith(JIT_THREADS):
+            fields = stat.rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            found = True
+    return total if found else None
+
+
 # ------------------------------------------------------------------ (a) Kafka
 
 

@@ -246,12 +246,22 @@ def notes(result: dict[str, Any]) -> list[str]:
              if isinstance(v, dict) and v.get("other_load_cores")}
     if noisy:
         out.append(f"- limits: other processes used {noisy} cores while they were measured.")
+    warmup = result["config"].get("warmup") or {}
+    if warmup.get("each"):
+        rounds = ", ".join(f"{w['drain_per_s']:,}/s" + (f" (JIT {w['broker_jit_cpu_s']} s)"
+                                                          if w.get("broker_jit_cpu_s") is not None else "")
+                           for w in warmup["each"])
+        out.append(f"- warm-up: {warmup['rounds']} unreported instant rounds before the bounds: drains {rounds}; "
+                   "JIT: the CPU seconds of the broker's compiler threads in the round.")
     for s in result["scenarios"]:
         d = s.get("drain") or {}
         parked = s.get("parked") or {}
         bits = [f"drain {d.get('stopped_because', '?')}"]
         if d.get("other_load_cores"):
             bits.append(f"other processes on the machine used {d['other_load_cores']} cores while it drained")
+        paced = s.get("paced") or {}
+        if paced.get("broker_jit_cpu_s"):
+            bits.append(f"the broker's JIT compiler used {paced['broker_jit_cpu_s']} s of CPU in the paced run")
         if d.get("ready_s") is not None:
             bits.append(f"ready in {d['ready_s']} s, last arrival at {d.get('last_arrival_s')} s")
         if parked.get("retried") or parked.get("dead_lettered"):

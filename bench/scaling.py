@@ -185,27 +185,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stem", default=None, help="results file name without suffix (default scaling-<date>)")
     p.add_argument("--warmup", type=int, default=None, metavar="ROUNDS",
                    help=f"unreported rounds of the instant scenario ({WARMUP_EVENTS:,} events) before the first "
-                        "point, so the broker's JIT compiler is done (default 2; quick 0)")
+                        "point, so the broker's JIT compiler is done (default: as `python -m bench`, until its "
+                        "compiler threads are quiet; quick 0)")
     args = p.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = 0 if args.quick else 2
+    if args.warmup is None and args.quick:
+        args.warmup = 0
     deliveries = args.deliveries // 10 if args.quick else args.deliveries
     wanted = set(args.curves.split(","))
     chosen = [pt for pt in points(deliveries) if pt.curve in wanted]
     logs.configure(level="warning")
     work = Path(tempfile.mkdtemp(prefix="akece-scaling-"))
     started = time.time()
+    warmup: list[dict[str, Any]] = []
     try:
         with broker(work) as (bootstrap, broker_pid, kafka):
             config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid,
                                paced_s=5.0 if args.quick else args.paced_s, env={"AKECE_LOG_LEVEL": "info"})
-            asyncio.run(warm_up(args.warmup, config))
+            warmup = asyncio.run(warm_up(args.warmup, config))
             rows = asyncio.run(measure(config, chosen))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     date = time.strftime("%Y-%m-%d")
     result = {"date": date, "duration_s": round(time.time() - started), "machine": machine(kafka),
-              "quick": args.quick, "warmup_rounds": args.warmup, "points": rows}
+              "quick": args.quick, "warmup_rounds": len(warmup), "warmup": warmup,
+              "points": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / (args.stem or f"scaling-{date}{'-quick' if args.quick else ''}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.__main__ import WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, warmed
 from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
@@ -110,7 +111,10 @@ def fake_result() -> dict[str, Any]:
                                               "python": "3.11", "aiokafka": "0.14", "aiohttp": "3.9",
                                               "uvloop": None, "kafka": "4.1.1"},
             "config": {"events": 1000, "webhooks": 10, "accounts": 10, "fanout": 1, "avg_event_bytes": 2400,
-                       "partitions": 6, "timeout_s": 5.0, "log_level": "info", "quick": True}}
+                       "partitions": 6, "timeout_s": 5.0, "log_level": "info", "quick": True,
+                       "warmup": {"rounds": 3, "each": [{"round": 1, "drain_per_s": 6130, "broker_jit_cpu_s": 5.56},
+                                                        {"round": 2, "drain_per_s": 6592, "broker_jit_cpu_s": 2.32},
+                                                        {"round": 3, "drain_per_s": 7606, "broker_jit_cpu_s": 0.48}]}}}
     return report.build(limits, [scenario("instant", 4100, 50.0), scenario("hang5", 3900, 60.0, hanging=1)],
                         meta)
 
@@ -152,5 +156,28 @@ def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
     text = paths["md"].read_text()
     assert "| instant | 1,000 | **4,100** |" in text
     assert "combined 1/(1/a + 1/b) | 6,667" in text
+    assert "warm-up: 3 unreported instant rounds before the bounds: drains 6,130/s (JIT 5.56 s), " in text
     assert json.loads(paths["json"].read_text())["scenarios"][0]["name"] == "instant"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def rounds(*jit: float | None) -> list[dict[str, Any]]:
+    return [{"round": n + 1, "drain_per_s": 7000, "broker_jit_cpu_s": j} for n, j in enumerate(jit)]
+
+
+def test_warm_up_goes_on_until_the_brokers_compiler_is_quiet() -> None:
+    """A fresh broker compiles for minutes; the warm-up waits for its compiler threads to go quiet."""
+    busy, quiet = WARMUP_QUIET_JIT_S * 5, WARMUP_QUIET_JIT_S / 2
+    assert not warmed(rounds(), None, broker_pid=1)
+    assert not warmed(rounds(*[quiet] * (WARMUP_MIN_ROUNDS - 1)), None, broker_pid=1)  # never under the minimum
+    assert warmed(rounds(*[quiet] * WARMUP_MIN_ROUNDS), None, broker_pid=1)
+    assert not warmed(rounds(*[busy] * WARMUP_MIN_ROUNDS), None, broker_pid=1)  # still compiling: go on
+    assert not warmed(rounds(busy, quiet, busy), None, broker_pid=1)  # the last round decides
+    assert warmed(rounds(busy, busy, quiet), None, broker_pid=1)
+    assert warmed(rounds(*[busy] * WARMUP_MAX_ROUNDS), None, broker_pid=1)  # but not forever
+    # a broker the benchmark did not start, or whose compiler it cannot see: the minimum
+    assert warmed(rounds(*[None] * WARMUP_MIN_ROUNDS), None, broker_pid=None)
+    assert warmed(rounds(*[None] * WARMUP_MIN_ROUNDS), None, broker_pid=1)
+    # an explicit count is exactly that many, quiet or not
+    assert warmed(rounds(), 0, broker_pid=1)
+    assert not warmed(rounds(quiet, quiet), 3, broker_pid=1) and warmed(rounds(busy, busy, busy), 3, broker_pid=1)
