@@ -44,7 +44,7 @@ from typing import Any
 
 from bench import report
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
-from bench.limits import http_probe, jit_cpu_seconds, kafka_probe
+from bench.limits import JitMeter, http_probe, kafka_probe
 from bench.peers.drain import SYSTEMS, PeersRun
 from bench.receivers import Nginx, PyReceiver
 from services.devtools.jars import kafka_version
@@ -233,10 +233,9 @@ async def warm_up(rounds: int | None, config: RunConfig) -> list[dict[str, Any]]
         n = len(done) + 1
         say(f"warm-up {n} of {rounds if rounds is not None else f'up to {WARMUP_MAX_ROUNDS}'} (not reported): "
             f"the instant scenario, {warm.events:,} events")
-        before = jit_cpu_seconds(config.broker_pid) if config.broker_pid else None
+        meter = JitMeter(config.broker_pid)
         result = await ScenarioRun(warm, SCENARIOS["instant"], say).run()
-        after = jit_cpu_seconds(config.broker_pid) if config.broker_pid else None
-        jit = round(after - before, 2) if before is not None and after is not None else None
+        jit = meter.used()
         done.append({"round": n, "drain_per_s": (result.get("drain") or {}).get("sustained_per_s"),
                      "broker_jit_cpu_s": jit})
         if jit is not None:

@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 
 from bench.fixtures import running_store
-from bench.limits import cpu_seconds, jit_cpu_seconds, machine_busy_seconds, peak_rss_mb
+from bench.limits import JitMeter, cpu_seconds, machine_busy_seconds, peak_rss_mb
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, stop_process
 from schemas import DEFAULT_SUBSCRIPTIONS
 from schemas.examples import example
@@ -542,10 +542,6 @@ class ScenarioRun:
             self.py = PyReceiver(self.dir / "py", free_port(), procs=procs,
                                  hang_s=self.config.timeout_s * 6).start()
 
-    def broker_jit(self) -> float | None:
-        """The broker's JIT compiler CPU seconds so far, when the benchmark started the broker."""
-        return jit_cpu_seconds(self.config.broker_pid) if self.config.broker_pid else None
-
     def receiver_pids(self) -> list[int]:
         return [*(self.nginx.pids if self.nginx else []), *(self.py.pids if self.py else [])]
 
@@ -730,7 +726,7 @@ class ScenarioRun:
         deliveries_topic = Topics.from_settings(self.settings).deliveries
         offsets = await end_offsets(self.settings, [deliveries_topic])
         cpu_rows: list[dict[str, float]] = []
-        jit_start = self.broker_jit()
+        jit = JitMeter(config.broker_pid)
         with generator_heap_frozen():
             snaps.take("paced_start")
             sampler = asyncio.ensure_future(sample_cpu(snaps.pids, cpu_rows, time.time()))
@@ -740,8 +736,7 @@ class ScenarioRun:
             finally:
                 sampler.cancel()
             snaps.take("paced_end")
-        jit_end = self.broker_jit()
-        jit = round(jit_end - jit_start, 2) if jit_start is not None and jit_end is not None else None
+        jit_used = jit.used()
         routed = (await read_deliveries(self.settings, [deliveries_topic], offsets))[deliveries_topic]
         stages = stage_latencies(expected, stamps, routed, log.first)
         latencies = sorted((log.first[d] - stamps[e]) * 1000 for d, e in expected.items() if d in log.first)
@@ -758,7 +753,7 @@ class ScenarioRun:
                "stages_ms": stages,
                "latency_by_second_ms": by_second,
                "cpu_timeline": cpu_rows,
-               "broker_jit_cpu_s": jit,
+               "broker_jit_cpu_s": jit_used,
                "cpu_s": {k: round(v, 2) for k, v in snaps.delta("paced_start", "paced_end").items()},
                "other_load_cores": round(snaps.other_cores("paced_start", "paced_end"), 2)}
         say(f"[{self.scenario.name}] paced: p50 {latency['p50']} ms, p95 {latency['p95']} ms, "
@@ -766,7 +761,7 @@ class ScenarioRun:
             f"p99 {percentile(acks, 0.99):.1f} ms; stages {stages}; worst seconds (published at s, p99 ms) "
             f"{[(row['s'], row['p99']) for row in worst]}; machine at 1.9 cores or more in "
             f"{sum(1 for row in cpu_rows if row['machine'] >= 1.9)} of {len(cpu_rows)} quarter seconds"
-            + (f"; the broker's JIT compiler used {jit} s of CPU" if jit is not None else ""))
+            + (f"; the broker's JIT compiler used {jit_used} s of CPU" if jit_used is not None else ""))
         return out, expected, self.workload.held_ids(events)
 
     def _process_stats(self, snaps: Snapshots) -> dict[str, dict[str, Any]]:

@@ -34,16 +34,20 @@ from typing import Any
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds of a ``/proc/.../stat`` line (a process's or one thread's)."""
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU seconds (all threads) of the live processes among ``pids``; 0 for the gone."""
     total = 0.0
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            total += stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
         except OSError:
             continue
-        fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
     return total
 
 
@@ -104,12 +108,23 @@ def jit_cpu_seconds(pid: int) -> float | None:
             stat = (task / "stat").read_text()
         except OSError:
             continue  # a thread that ended meanwhile
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name.startswith(JIT_THREADS):
-            fields = stat.rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if stat[stat.index("(") + 1:stat.rindex(")")].startswith(JIT_THREADS):
+            total += stat_cpu_seconds(stat)
             found = True
     return total if found else None
+
+
+class JitMeter:
+    """The CPU seconds a broker's JIT compiler uses from the meter's start (``None`` when the benchmark
+    did not start the broker, or cannot see its compiler threads)."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self._pid = broker_pid
+        self._start = jit_cpu_seconds(broker_pid) if broker_pid else None
+
+    def used(self) -> float | None:
+        now = jit_cpu_seconds(self._pid) if self._pid else None
+        return round(now - self._start, 2) if now is not None and self._start is not None else None
 
 
 # ------------------------------------------------------------------ (a) Kafka

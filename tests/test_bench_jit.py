@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.limits import jit_cpu_seconds
+from bench.limits import JitMeter, jit_cpu_seconds
 
 
 def kafka_pids() -> list[int]:
@@ -32,3 +32,10 @@ def test_a_running_brokers_compiler_threads_have_used_cpu(kafka_bootstrap: str) 
 def test_no_figure_for_a_process_without_compiler_threads_or_a_gone_one() -> None:
     assert jit_cpu_seconds(os.getpid()) is None
     assert jit_cpu_seconds(2**22 + 7) is None
+
+
+def test_a_meter_counts_from_its_start_and_says_nothing_without_a_broker(kafka_bootstrap: str) -> None:
+    [pid, *_] = kafka_pids()
+    used = JitMeter(pid).used()
+    assert used is not None and 0 <= used < jit_cpu_seconds(pid)  # since the meter's start, not the JVM's
+    assert JitMeter(None).used() is None and JitMeter(2**22 + 7).used() is None
