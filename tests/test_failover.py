@@ -235,10 +235,14 @@ async def test_cluster_runs_three_nodes_with_replicated_topics(cluster: LocalClu
                 break
             await asyncio.sleep(0.2)  # a condition polled, bounded by the timeout
     assert [len(_nodes(p, "replicas")) for p in found[deliveries]] == [3, 3, 3]
-    async with kafka.started(kafka.admin(settings)) as admin:
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, deliveries, configs={"min.insync.replicas": None})])
-    [(_code, _message, _type, _name, entries)] = response.resources
+    async with asyncio.timeout(30), kafka.started(kafka.admin(settings)) as admin:
+        while True:  # the broker asked may not know the new topic yet: it answers with an error, no entries
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, deliveries, configs={"min.insync.replicas": None})])
+            [(code, _message, _type, _name, entries)] = response.resources
+            if code == 0:
+                break
+            await asyncio.sleep(0.2)  # a condition polled, bounded by the timeout
     assert [entry[:2] for entry in entries] == [("min.insync.replicas", "2")]
     assert cluster.quorum_leader() in {1, 2, 3}
 
