@@ -9,7 +9,8 @@ Two checks are offered for the router's hot path, both over the raw bytes:
 
 - :func:`validate_event` validates the whole body against the event's model;
 - :func:`check_event_structure` only checks that the body is a JSON object of that event which
-  identifies its account.
+  identifies its account; :func:`check_event_outline` checks the same without decoding the members
+  the router does not read.
 
 Both raise :class:`EventValidationError` naming the event and the field path.
 """
@@ -20,6 +21,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, StrictBool, StrictInt, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import CoreSchema, core_schema
+
+from schemas.outline import outline
 
 EVENT_NAMES: Final[tuple[str, ...]] = (
     "conversation_created",
@@ -452,6 +455,23 @@ def check_event_structure(event_type: str, body: bytes) -> dict[str, Any]:
         raise EventValidationError(event_type, "<body>", f"Invalid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise EventValidationError(event_type, "<body>", "Input should be an object")
+    return _of_event(event_type, payload)
+
+
+def check_event_outline(event_type: str, body: bytes) -> dict[str, Any]:
+    """:func:`check_event_structure`'s check, returning only the members :func:`account_id_of` and
+    :func:`conversation_key_of` read (``schemas.outline``): the router's hot path.
+
+    A body the outline cannot read is checked by :func:`check_event_structure`, with its errors.
+    """
+    _known_adapter(event_type)
+    members = outline(body)
+    if members is None:
+        return check_event_structure(event_type, body)
+    return _of_event(event_type, members)
+
+
+def _of_event(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("event", event_type) != event_type:
         raise EventValidationError(event_type, "event", f"Input should be '{event_type}'")
     _require_account(event_type, payload)

@@ -22,7 +22,7 @@ from schemas import (
     EVENT_NAMES,
     EventValidationError,
     account_id_of,
-    check_event_structure,
+    check_event_outline,
     conversation_key_of,
     validate_event,
 )
@@ -234,7 +234,7 @@ def _cloudevent_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str
 
 def _validate(event_type: str, account: str, body: bytes, policy: RoutePolicy,
               ce: dict[str, str]) -> dict[str, Any]:
-    check = validate_event if policy.validation == "full" else check_event_structure
+    check = validate_event if policy.validation == "full" else check_event_outline
     try:
         payload = check(event_type, body)
     except EventValidationError as exc:
