@@ -3,9 +3,10 @@
 Starts an isolated Kafka broker on free ports in a temporary directory (or uses
 ``AKECE_KAFKA_BOOTSTRAP_SERVERS`` when set), measures the machine's bounds, runs each scenario with
 the router and the delivery worker as separate ``akece-webhooks run --role ...`` processes, and
-writes ``bench/results/<date>.json``, ``.md`` and ``.png``. One router and one delivery process by
-default (``--router-procs``, ``--delivery-procs``); the delivery processes form their consumer group
-before the routers start, so a second one cannot rebalance it in the middle of the drain.
+writes ``bench/results/<date>.json``, ``.md`` and ``.png``. One router process and, as ``deliver`` runs by
+default, one delivery process per CPU (``--router-procs``, ``--delivery-procs``); the delivery processes
+form their consumer group before the routers start, so a second one cannot rebalance it in the middle
+of the drain.
 
 Workload: ``--webhooks K`` webhooks over K/F accounts, ``--fanout F`` (default 1: every event goes
 to exactly one webhook, the router's costliest case per delivery); each event goes to the F
@@ -52,6 +53,7 @@ from services.devtools.kafka_errors import PortInUseError
 from services.devtools.kafka_local import LocalKafka
 from services.devtools.ports import BOOTSTRAP_ENV, free_port
 from services.shared import logging as logs
+from services.shared.processes import cpu_count
 
 PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 # A broker's JVM compiles its hot paths in its first minutes, then runs them several times cheaper: in the
@@ -87,9 +89,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=5.0, help="delivery timeout (AKECE_HTTP_TOTAL_TIMEOUT_S)")
     p.add_argument("--receiver-procs", type=int, default=1, help="processes of the Python (slow) receiver")
     p.add_argument("--router-procs", type=int, default=1, help="router processes")
-    p.add_argument("--delivery-procs", type=int, default=1,
-                   help="delivery processes (default 1: on two cores shared with the broker, the receiver and "
-                        "the load generator, a second one drains faster but leaves no headroom at half rate)")
+    p.add_argument("--delivery-procs", type=int, default=None,
+                   help="delivery processes (default: the CPU count, as `deliver` itself runs by default)")
     p.add_argument("--log-level", default="info", help="AKECE_LOG_LEVEL of the pipeline (the environment wins)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the router and delivery processes while they drain (raw stacks and a "
@@ -115,6 +116,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         f"{WARMUP_MIN_ROUNDS} on a broker it did not start; quick 0)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
+    if args.delivery_procs is None:
+        args.delivery_procs = cpu_count()
+    if args.delivery_procs < 1:
+        p.error(f"--delivery-procs must be at least 1, got {args.delivery_procs}")
     if args.warmup is None and args.quick:
         args.warmup = 0
     if args.peers and args.no_peers:

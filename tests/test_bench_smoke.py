@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.__main__ import WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, warmed
+from bench.__main__ import WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, parse, warmed
 from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
 from services.devtools.ports import free_port
+from services.shared.processes import cpu_count
 
 
 def post(url: str, delivery: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -181,3 +182,11 @@ def test_warm_up_goes_on_until_the_brokers_compiler_is_quiet() -> None:
     # an explicit count is exactly that many, quiet or not
     assert warmed(rounds(), 0, broker_pid=1)
     assert not warmed(rounds(quiet, quiet), 3, broker_pid=1) and warmed(rounds(busy, busy, busy), 3, broker_pid=1)
+
+
+def test_delivery_processes_default_to_the_cpu_count_as_deliver_does() -> None:
+    """``make bench`` measures what ``deliver`` runs by default: one delivery process per CPU."""
+    assert parse([]).delivery_procs == cpu_count()
+    assert parse(["--delivery-procs", "1"]).delivery_procs == 1
+    with pytest.raises(SystemExit):
+        parse(["--delivery-procs", "0"])
