@@ -65,6 +65,7 @@ PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 # 8,339/s and the paced p99 fell from 177 to 48-66 ms once they were under a second. So by default the
 # rounds go on until the compiler is quiet (when the benchmark started the broker and can see it).
 WARMUP_EVENTS = 40_000
+KEEP_PAIRS = 2  # adjacent instant/hang5 drain pairs after the scenarios (hang5's keep without the drift)
 WARMUP_PACED_S = 10.0
 WARMUP_MIN_ROUNDS = 2
 WARMUP_MAX_ROUNDS = 8
@@ -114,8 +115,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         f"compiler is done (default: until its compiler threads use under {WARMUP_QUIET_JIT_S:.0f} s "
                         f"of CPU in a round, {WARMUP_MIN_ROUNDS}-{WARMUP_MAX_ROUNDS} rounds, or "
                         f"{WARMUP_MIN_ROUNDS} on a broker it did not start; quick 0)")
+    p.add_argument("--keep-pairs", type=int, default=None, metavar="N",
+                   help="after the scenarios, N pairs of adjacent instant and hang5 drains, for hang5's keep "
+                        f"without the machine's drift between scenarios (default {KEEP_PAIRS}; quick 0)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
+    if args.keep_pairs is None:
+        args.keep_pairs = 0 if args.quick else KEEP_PAIRS
+    if args.keep_pairs < 0:
+        p.error(f"--keep-pairs must be 0 or more, got {args.keep_pairs}")
     if args.delivery_procs is None:
         args.delivery_procs = cpu_count()
     if args.delivery_procs < 1:
@@ -278,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     limits: dict[str, Any] = {}
     scenarios: list[dict[str, Any]] = []
     warmup: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
     peers: dict[str, Any] | None = None
     try:
         with broker(work) as (bootstrap, broker_pid, kafka):
             if not args.peers:
-                warmup, limits, scenarios = run_pipeline(args, bootstrap, broker_pid, work)
+                warmup, limits, scenarios, pairs = run_pipeline(args, bootstrap, broker_pid, work)
             if with_peers:
                 say(f"peers: each system drains {args.peers_events:,} events alone")
                 peers = asyncio.run(PeersRun(bootstrap=bootstrap, work=work / "peers", events=args.peers_events,
@@ -307,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "events": min(args.events, WARMUP_EVENTS), "paced_s": WARMUP_PACED_S,
                                   "quiet_jit_cpu_s": WARMUP_QUIET_JIT_S, "each": warmup},
                        "avg_event_bytes": round(sum(len(e.value) for e in sample) / len(sample)),
+                       "keep_pairs": {"requested": args.keep_pairs, "each": pairs},
                        "akece_env": {k: v for k, v in os.environ.items() if k.startswith("AKECE_")}}}
     result = report.build(limits, scenarios, meta, peers)
     stem = date + ("-peers" if args.peers else "-quick" if args.quick else "")
@@ -323,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | None,
-                 work: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """The machine's bounds and the scenarios, both on a broker the warm-up rounds warmed."""
+                 work: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The machine's bounds, the scenarios and the keep pairs, all on a broker the warm-up rounds warmed."""
     config = RunConfig(bootstrap=bootstrap, work=work, broker_pid=broker_pid, events=args.events,
                        webhooks=args.webhooks, fanout=args.fanout, paced_s=args.paced_s,
                        stall_s=args.stall_s, partitions=args.partitions,
@@ -335,7 +345,30 @@ def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                        env={"AKECE_LOG_LEVEL": args.log_level})
     warmup = asyncio.run(warm_up(args.warmup, config))
     limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
-    return warmup, limits, asyncio.run(run_scenarios(args, config))
+    scenarios = asyncio.run(run_scenarios(args, config))
+    names = args.scenarios.split(",")
+    pairs = args.keep_pairs if "instant" in names and "hang5" in names else 0
+    return warmup, limits, scenarios, asyncio.run(keep_pairs(pairs, config))
+
+
+async def keep_pairs(pairs: int, config: RunConfig) -> list[dict[str, Any]]:
+    """hang5's healthy rate against instant's in adjacent drains (no paced phase): ``pairs`` of them, in
+    turn instant first and hang5 first. The scenarios run minutes apart, and this VM's speed drifts by
+    as much as the 10% the keep is about; a pair's two drains are seconds apart."""
+    drain = dataclasses.replace(config, paced_s=0, paced_rate=None, profile_dir=None)
+    done: list[dict[str, Any]] = []
+    for n in range(1, pairs + 1):
+        rates: dict[str, int | None] = {}
+        for name in ("instant", "hang5") if n % 2 else ("hang5", "instant"):
+            say(f"keep pair {n} of {pairs}: {name} drain, {drain.events:,} events")
+            result = await ScenarioRun(drain, SCENARIOS[name], say).run()
+            rates[name] = (result.get("drain") or {}).get("sustained_per_s")
+        instant, hang = rates["instant"], rates["hang5"]
+        keep = round(hang / instant, 3) if instant and hang else None
+        done.append({"pair": n, "first": "instant" if n % 2 else "hang5", "instant_per_s": instant,
+                     "hang5_per_s": hang, "keep": keep})
+        say(f"keep pair {n}: instant {instant}/s, hang5 {hang}/s, keep {keep}")
+    return done
 
 
 if __name__ == "__main__":

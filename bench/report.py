@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def build(limits: dict[str, Any], scenarios: list[dict[str, Any]], meta: dict[st
         rate = (s.get("drain") or {}).get("sustained_per_s") or 0
         s["ratios"] = {"vs_kafka": _ratio(rate, a), "vs_http": _ratio(rate, b),
                        "vs_combined": _ratio(rate, limits.get("combined_per_s"))}
-    result = {**meta, "limits": limits, "scenarios": scenarios, "targets": targets(limits, scenarios)}
+    pairs = ((meta.get("config") or {}).get("keep_pairs") or {}).get("each")
+    result = {**meta, "limits": limits, "scenarios": scenarios, "targets": targets(limits, scenarios, pairs)}
     if peers is not None:
         result["peers"] = peers
         result["targets"] += peer_targets(peers)
@@ -45,7 +47,8 @@ def _ratio(value: float, bound: float | None) -> float | None:
     return round(value / bound, 3) if bound else None
 
 
-def targets(limits: dict[str, Any], scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(limits: dict[str, Any], scenarios: list[dict[str, Any]],
+            keep_pairs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     by_name = {s["name"]: s for s in scenarios}
     out: list[dict[str, Any]] = []
     instant = by_name.get("instant")
@@ -68,6 +71,12 @@ def targets(limits: dict[str, Any], scenarios: list[dict[str, Any]]) -> list[dic
         ratio = hang["drain"]["sustained_per_s"] / max(instant["drain"]["sustained_per_s"], 1)
         out.append(_target("healthy webhooks' throughput with 5% hanging (vs instant)", f"{ratio:.0%}",
                            f">= {TARGET_ISOLATION:.0%}", ratio >= TARGET_ISOLATION))
+    keeps = sorted(p["keep"] for p in keep_pairs or () if p.get("keep") is not None)
+    if keeps:
+        median = statistics.median(keeps)
+        each = ", ".join(f"{k:.0%}" for k in keeps)
+        out.append(_target(f"the same in {len(keeps)} adjacent instant/hang5 drain pairs (median)",
+                           f"{median:.0%} ({each})", f">= {TARGET_ISOLATION:.0%}", median >= TARGET_ISOLATION))
     for s in scenarios:
         out.append(_target(f"loss ({s['name']})", f"{s.get('missing_total', '?')}", "0",
                            s.get("missing_total") == 0))
@@ -253,6 +262,11 @@ def notes(result: dict[str, Any]) -> list[str]:
                            for w in warmup["each"])
         out.append(f"- warm-up: {warmup['rounds']} unreported instant rounds before the bounds: drains {rounds}; "
                    "JIT: the CPU seconds of the broker's compiler threads in the round.")
+    pairs = (result["config"].get("keep_pairs") or {}).get("each")
+    if pairs:
+        each = "; ".join(f"{p['first']} first: instant {p['instant_per_s'] or 0:,}/s, hang5 {p['hang5_per_s'] or 0:,}/s"
+                         for p in pairs)
+        out.append(f"- keep pairs (drains only, seconds apart, after the scenarios): {each}.")
     for s in result["scenarios"]:
         d = s.get("drain") or {}
         parked = s.get("parked") or {}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.__main__ import WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, parse, warmed
+from bench.__main__ import KEEP_PAIRS, WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, parse, warmed
 from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
 from services.contract.deliveries import delivery_id
@@ -115,7 +115,11 @@ def fake_result() -> dict[str, Any]:
                        "partitions": 6, "timeout_s": 5.0, "log_level": "info", "quick": True,
                        "warmup": {"rounds": 3, "each": [{"round": 1, "drain_per_s": 6130, "broker_jit_cpu_s": 5.56},
                                                         {"round": 2, "drain_per_s": 6592, "broker_jit_cpu_s": 2.32},
-                                                        {"round": 3, "drain_per_s": 7606, "broker_jit_cpu_s": 0.48}]}}}
+                                                        {"round": 3, "drain_per_s": 7606, "broker_jit_cpu_s": 0.48}]},
+                       "keep_pairs": {"requested": 3, "each": [
+                           {"pair": 1, "first": "instant", "instant_per_s": 4000, "hang5_per_s": 3480, "keep": 0.87},
+                           {"pair": 2, "first": "hang5", "instant_per_s": 4000, "hang5_per_s": 3720, "keep": 0.93},
+                           {"pair": 3, "first": "instant", "instant_per_s": 4000, "hang5_per_s": 3640, "keep": 0.91}]}}}
     return report.build(limits, [scenario("instant", 4100, 50.0), scenario("hang5", 3900, 60.0, hanging=1)],
                         meta)
 
@@ -153,11 +157,15 @@ def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
     verdicts = {t["name"]: t["met"] for t in result["targets"]}
     assert verdicts["throughput vs combined bound (instant)"]  # 4100 / 6667 = 61%
     assert verdicts["healthy webhooks' throughput with 5% hanging (vs instant)"]  # 95%
+    pairs = next(t for t in result["targets"] if t["name"].startswith("the same in 3 adjacent"))
+    assert pairs["met"] and pairs["measured"] == "91% (87%, 91%, 93%)"  # the median of the pairs
     paths = report.write(result, tmp_path, "smoke")
     text = paths["md"].read_text()
     assert "| instant | 1,000 | **4,100** |" in text
     assert "combined 1/(1/a + 1/b) | 6,667" in text
     assert "warm-up: 3 unreported instant rounds before the bounds: drains 6,130/s (JIT 5.56 s), " in text
+    assert "keep pairs (drains only, seconds apart, after the scenarios): instant first: instant 4,000/s, " \
+           "hang5 3,480/s; hang5 first: " in text
     assert json.loads(paths["json"].read_text())["scenarios"][0]["name"] == "instant"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -190,3 +198,11 @@ def test_delivery_processes_default_to_the_cpu_count_as_deliver_does() -> None:
     assert parse(["--delivery-procs", "1"]).delivery_procs == 1
     with pytest.raises(SystemExit):
         parse(["--delivery-procs", "0"])
+
+
+def test_keep_pairs_default_to_two_and_to_none_when_quick() -> None:
+    assert parse([]).keep_pairs == KEEP_PAIRS == 2
+    assert parse(["--quick"]).keep_pairs == 0
+    assert parse(["--keep-pairs", "3"]).keep_pairs == 3
+    with pytest.raises(SystemExit):
+        parse(["--keep-pairs", "-1"])
