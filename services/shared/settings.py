@@ -175,9 +175,9 @@ class RouterSettings(BaseModel):
         "committed in batch order, each only after its own acknowledgements."
     )
     fetch_wait_ms: int = Field(
-        20, ge=0, le=500, description="While a router process takes 1,000 events/s or more, each of its fetches "
+        10, ge=0, le=500, description="While a router process takes 1,000 events/s or more, each of its fetches "
         "waits up to this long to gather them (fewer, larger batches: fewer requests for the router, the broker and "
-        "the delivery workers; the median latency may grow by up to this much). Below 500/s, and at 0, a fetch "
+        "the delivery workers; the median latency grows by about this much). Below 500/s, and at 0, a fetch "
         "returns as soon as any event is there."
     )
 
