@@ -65,11 +65,11 @@ PEERS_EVENTS = {"full": 50_000, "quick": 5_000}
 # 8,339/s and the paced p99 fell from 177 to 48-66 ms once they were under a second. So by default the
 # rounds go on until the compiler is quiet (when the benchmark started the broker and can see it).
 WARMUP_EVENTS = 40_000
-KEEP_PAIRS = 2  # adjacent instant/hang5 drain pairs after the scenarios (hang5's keep without the drift)
 WARMUP_PACED_S = 10.0
 WARMUP_MIN_ROUNDS = 2
 WARMUP_MAX_ROUNDS = 8
 WARMUP_QUIET_JIT_S = 1.0  # the broker's JIT compiler CPU seconds in a round under which it counts as warm
+KEEP_PAIRS = 2  # adjacent instant/hang5 drain pairs after the scenarios (hang5's keep without the drift)
 QUICK = {"events": 10_000, "webhooks": 20, "paced_s": 6.0, "stall_s": 20.0, "probe_s": 3.0, "kafka_records": 20_000}
 
 
@@ -359,14 +359,14 @@ async def keep_pairs(pairs: int, config: RunConfig) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = []
     for n in range(1, pairs + 1):
         rates: dict[str, int | None] = {}
-        for name in ("instant", "hang5") if n % 2 else ("hang5", "instant"):
+        order = ("instant", "hang5") if n % 2 else ("hang5", "instant")
+        for name in order:
             say(f"keep pair {n} of {pairs}: {name} drain, {drain.events:,} events")
             result = await ScenarioRun(drain, SCENARIOS[name], say).run()
             rates[name] = (result.get("drain") or {}).get("sustained_per_s")
         instant, hang = rates["instant"], rates["hang5"]
         keep = round(hang / instant, 3) if instant and hang else None
-        done.append({"pair": n, "first": "instant" if n % 2 else "hang5", "instant_per_s": instant,
-                     "hang5_per_s": hang, "keep": keep})
+        done.append({"pair": n, "first": order[0], "instant_per_s": instant, "hang5_per_s": hang, "keep": keep})
         say(f"keep pair {n}: instant {instant}/s, hang5 {hang}/s, keep {keep}")
     return done
 
