@@ -97,7 +97,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="py-spy the router and delivery processes while they drain (raw stacks and a "
                         "summary under <out>/profiles/)")
     p.add_argument("--skip-limits", action="store_true", help="do not measure the machine's bounds")
-    p.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, broker data)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, broker data) and "
+                   "each run's topics (deleted once the run is counted otherwise)")
     p.add_argument("--peers", action="store_true",
                    help="run only the drain comparison with the peers (no limits, no scenarios)")
     p.add_argument("--no-peers", action="store_true", help="leave the drain comparison out of a full run")
@@ -342,7 +343,7 @@ def run_pipeline(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                        delivery_procs=args.delivery_procs, timeout_s=args.timeout_s, seed=args.seed,
                        paced_rate=args.paced_rate,
                        profile_dir=args.out / "profiles" if args.profile else None,
-                       env={"AKECE_LOG_LEVEL": args.log_level})
+                       env={"AKECE_LOG_LEVEL": args.log_level}, keep_topics=args.keep_work)
     warmup = asyncio.run(warm_up(args.warmup, config))
     limits = {} if args.skip_limits else measure_limits(args, bootstrap, broker_pid, work)
     scenarios = asyncio.run(run_scenarios(args, config))

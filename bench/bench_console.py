@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 from playwright.async_api import Page, async_playwright
 
-from services.contract.topics import topic_specs
+from bench.fixtures import delete_topics
 from services.devtools.ports import free_port
 from services.shared import kafka
 from services.shared.settings import Settings
@@ -131,9 +131,7 @@ async def run(webhooks: int, loads: int) -> dict[str, Any]:
     finally:
         process.terminate()
         process.wait(30)
-        client = kafka.admin(settings)
-        async with kafka.started(client):
-            await client.delete_topics([spec.name for spec in topic_specs(settings)])
+        await delete_topics(settings)
     warm = samples[1:] or samples
     html_bytes = samples[-1]["html_bytes"]
     return {

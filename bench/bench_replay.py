@@ -34,10 +34,10 @@ from typing import Any
 
 import orjson
 
-from bench.fixtures import DeadSpec, cli_env, produce_dead_letters, put_webhooks, running_store, webhook
+from bench.fixtures import DeadSpec, cli_env, delete_topics, produce_dead_letters, put_webhooks, running_store, webhook
 from services.contract.dead_letters import DlqFilter
 from services.contract.times import iso
-from services.contract.topics import Topics, topic_specs
+from services.contract.topics import Topics
 from services.ops.dlq import list_dead_letters
 from services.replay.dlq_source import replay
 from services.replay.plans import Options
@@ -144,12 +144,6 @@ async def bench_list(settings: Settings, size: int, full_scan: bool) -> dict[str
     return result
 
 
-async def drop_topics(settings: Settings) -> None:
-    client = kafka.admin(settings)
-    async with kafka.started(client):
-        await client.delete_topics([s.name for s in topic_specs(settings)])
-
-
 def table(result: dict[str, Any]) -> str:
     r, li = result["replay"], result["list"]
     rows = [
@@ -184,7 +178,7 @@ async def main_async(args: argparse.Namespace) -> int:
                                   else bench_list(settings, args.dlq_size, not args.quick))
         finally:
             if not args.keep:
-                await drop_topics(settings)
+                await delete_topics(settings)
         print(f"{name}: {result[name]}", file=sys.stderr)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     RESULTS.mkdir(exist_ok=True)

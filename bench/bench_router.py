@@ -38,10 +38,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from bench.fixtures import delete_topics
 from schemas import EVENT_NAMES
 from schemas.examples import example
 from services.contract.times import now_iso
-from services.contract.topics import Topics, topic_specs
+from services.contract.topics import Topics
 from services.publisher.events import OutgoingEvent, prepare
 from services.router.core import IncomingEvent, Routed, RoutePolicy, route
 from services.router.worker import RouterWorker
@@ -138,12 +139,6 @@ async def run_scenario(bootstrap: str, *, validation: str, fanout: int, webhooks
     return Row("kafka", validation, fanout, len(table), count, deliveries, round(seconds, 3),
                round(deliveries / seconds), round(count / seconds), round(cpu / deliveries * 1e6, 1),
                round(cpu / count * 1e6, 1))
-
-
-async def delete_topics(settings: Settings) -> None:
-    client = kafka.admin(settings)
-    async with kafka.started(client):
-        await client.delete_topics([spec.name for spec in topic_specs(settings)])
 
 
 def core_scenario(*, validation: str, fanout: int, webhooks: int, count: int) -> Row:

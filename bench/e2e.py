@@ -37,8 +37,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiokafka.errors import KafkaError
 
-from bench.fixtures import running_store
+from bench.fixtures import delete_topics, running_store
 from bench.limits import JitMeter, cpu_seconds, machine_busy_seconds, peak_rss_mb
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, stop_process
 from schemas import DEFAULT_SUBSCRIPTIONS
@@ -173,6 +174,7 @@ class RunConfig:
     body_bytes: int | None = None  # every event a message_created of this many bytes (None: the realistic mix)
     profile_dir: Path | None = None  # py-spy the router and delivery processes while they drain
     env: dict[str, str] = field(default_factory=dict)  # extra AKECE_* for the pipeline processes
+    keep_topics: bool = False  # leave each run's topics on the broker (otherwise deleted once it is counted)
 
 
 def pipeline_env(config: RunConfig, prefix: str) -> dict[str, str]:
@@ -626,18 +628,33 @@ class ScenarioRun:
                                   "hanging_webhooks": sum(h.hanging for h in self.workload.hooks)}
         self.start_receivers()
         try:
-            await self.create_webhooks()
-            events = self.workload.events(config.events, seed=config.seed, body_bytes=config.body_bytes)
-            expected = self.workload.healthy_ids(events)
-            held = self.workload.held_ids(events)
-            say(f"[{scenario.name}] publishing {len(events):,} events ({len(expected) + len(held):,} deliveries)")
-            result["backlog_publish_s"] = round(await self.publish_backlog(events), 2)
-            held |= await self._measure(result, expected, held)
+            try:
+                await self.create_webhooks()
+                events = self.workload.events(config.events, seed=config.seed, body_bytes=config.body_bytes)
+                expected = self.workload.healthy_ids(events)
+                held = self.workload.held_ids(events)
+                say(f"[{scenario.name}] publishing {len(events):,} events ({len(expected) + len(held):,} deliveries)")
+                result["backlog_publish_s"] = round(await self.publish_backlog(events), 2)
+                held |= await self._measure(result, expected, held)
+            finally:
+                result["exit_codes"] = self.stop_all()
+            result["log_problems"] = {r.name: log_problems(r) for r in self.roles}
+            result["parked"] = await self._parked(held)
         finally:
-            result["exit_codes"] = self.stop_all()
-        result["log_problems"] = {r.name: log_problems(r) for r in self.roles}
-        result["parked"] = await self._parked(held)
+            if not config.keep_topics:
+                await self._delete_topics()
         return result
+
+    async def _delete_topics(self) -> None:
+        """This run's topics, once it is counted (or failed). A ``make bench`` run makes about a dozen runs
+        (warm-up rounds, scenarios, keep pairs) of 39 partitions each: each then meets a broker with the
+        same partitions, and a broker the benchmark did not start is left as it was found (a development
+        broker holding thousands of them was measured stalling for up to a second in paced runs)."""
+        try:
+            await delete_topics(self.settings)
+        except (KafkaError, OSError) as exc:
+            self.say(f"[{self.scenario.name}] its topics ({self.prefix}.*) were not deleted: "
+                     f"{type(exc).__name__}: {exc}")
 
     async def _parked(self, held: set[str]) -> dict[str, int]:
         """Deliveries in the retry tiers and the DLQ after the run (all, and those of hanging webhooks)."""

@@ -22,6 +22,7 @@ from schemas.examples import example
 from services.contract import headers as h
 from services.contract.deliveries import delivery_id, delivery_key, first_attempt_headers
 from services.contract.times import iso
+from services.contract.topics import topic_specs
 from services.shared import kafka
 from services.shared.settings import Settings
 from services.shared.subscriptions import SubscriptionStore, SubscriptionTable, caught_up_table
@@ -114,6 +115,13 @@ async def running_store(settings: Settings) -> AsyncIterator[Store]:
     """A caught-up subscription table with a store writing through a started producer."""
     async with caught_up_table(settings, timeout=30.0) as table, kafka.started(kafka.producer(settings)) as producer:
         yield Store(settings, table, producer)
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Every topic of ``settings``' prefix (the events, the deliveries, the retry tiers, ...), deleted."""
+    client = kafka.admin(settings)
+    async with kafka.started(client):
+        await client.delete_topics([spec.name for spec in topic_specs(settings)])
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
