@@ -647,9 +647,10 @@ class ScenarioRun:
 
     async def _delete_topics(self) -> None:
         """This run's topics, once it is counted (or failed). A ``make bench`` run makes about a dozen runs
-        (warm-up rounds, scenarios, keep pairs) of 39 partitions each: each then meets a broker with the
-        same partitions, and a broker the benchmark did not start is left as it was found (a development
-        broker holding thousands of them was measured stalling for up to a second in paced runs)."""
+        (warm-up rounds, scenarios, keep pairs) of 39 partitions each with its defaults: each then meets a
+        broker with the same partitions, and a broker the benchmark did not start is left as it was found
+        (a development broker holding thousands of them was measured stalling for up to a second in paced
+        runs)."""
         try:
             await delete_topics(self.settings)
         except (KafkaError, OSError) as exc:
