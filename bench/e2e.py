@@ -623,26 +623,29 @@ class ScenarioRun:
         return stamps, sorted(acks)
 
     async def run(self) -> dict[str, Any]:
+        try:
+            return await self._run()
+        finally:
+            if not self.config.keep_topics:
+                await self._delete_topics()
+
+    async def _run(self) -> dict[str, Any]:
         config, scenario, say = self.config, self.scenario, self.say
         result: dict[str, Any] = {"name": scenario.name, "title": scenario.title, "prefix": self.prefix,
                                   "hanging_webhooks": sum(h.hanging for h in self.workload.hooks)}
         self.start_receivers()
         try:
-            try:
-                await self.create_webhooks()
-                events = self.workload.events(config.events, seed=config.seed, body_bytes=config.body_bytes)
-                expected = self.workload.healthy_ids(events)
-                held = self.workload.held_ids(events)
-                say(f"[{scenario.name}] publishing {len(events):,} events ({len(expected) + len(held):,} deliveries)")
-                result["backlog_publish_s"] = round(await self.publish_backlog(events), 2)
-                held |= await self._measure(result, expected, held)
-            finally:
-                result["exit_codes"] = self.stop_all()
-            result["log_problems"] = {r.name: log_problems(r) for r in self.roles}
-            result["parked"] = await self._parked(held)
+            await self.create_webhooks()
+            events = self.workload.events(config.events, seed=config.seed, body_bytes=config.body_bytes)
+            expected = self.workload.healthy_ids(events)
+            held = self.workload.held_ids(events)
+            say(f"[{scenario.name}] publishing {len(events):,} events ({len(expected) + len(held):,} deliveries)")
+            result["backlog_publish_s"] = round(await self.publish_backlog(events), 2)
+            held |= await self._measure(result, expected, held)
         finally:
-            if not config.keep_topics:
-                await self._delete_topics()
+            result["exit_codes"] = self.stop_all()
+        result["log_problems"] = {r.name: log_problems(r) for r in self.roles}
+        result["parked"] = await self._parked(held)
         return result
 
     async def _delete_topics(self) -> None:

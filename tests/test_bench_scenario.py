@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun
-from bench.fixtures import delete_topics
 from bench.receivers import nginx_binary
 from services.shared import kafka
 from tests.conftest import make_settings
@@ -43,9 +42,6 @@ async def test_a_scenario_run_deletes_its_topics_once_counted(kafka_bootstrap: s
 async def test_keep_topics_leaves_them_for_inspection(kafka_bootstrap: str, tmp_path: Path) -> None:
     result, said = await drain(kafka_bootstrap, tmp_path, keep_topics=True)
     prefix = result["prefix"]
-    try:
-        kept = await prefixed_topics(kafka_bootstrap, prefix)
-        assert {f"{prefix}.events", f"{prefix}.webhooks.deliveries", f"{prefix}.webhooks.dlq"} <= kept, said
-    finally:
-        settings = make_settings(kafka_bootstrap, topic_prefix=prefix)
-        await delete_topics(settings)
+    make_settings(kafka_bootstrap, topic_prefix=prefix)  # the module's fixture deletes this prefix's topics
+    kept = await prefixed_topics(kafka_bootstrap, prefix)
+    assert {f"{prefix}.events", f"{prefix}.webhooks.deliveries", f"{prefix}.webhooks.dlq"} <= kept, said
