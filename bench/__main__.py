@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, vm_speed
 from bench.e2e import SCENARIOS, RunConfig, ScenarioRun, Workload
 from bench.limits import JitMeter, http_probe, kafka_probe
 from bench.peers.drain import SYSTEMS, PeersRun
@@ -202,6 +202,7 @@ def machine(kafka: str) -> dict[str, Any]:
 def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, work: Path) -> dict[str, Any]:
     records = int(QUICK["kafka_records"] if args.quick else min(args.events, 100_000))
     seconds = QUICK["probe_s"] if args.quick else 8.0
+    speed = {"before": vm_speed.probe()}
     say(f"limit (a): aiokafka produce-then-consume of {records:,} records...")
     limits: dict[str, Any] = {"kafka": kafka_probe(bootstrap, records=records, partitions=args.partitions,
                                                          broker_pid=broker_pid)}
@@ -234,6 +235,8 @@ def measure_limits(args: argparse.Namespace, bootstrap: str, broker_pid: int | N
             "measured": slow}
         say(f"  {slow['per_s']:,}/s measured; {slow['receiver_cpu_us_per_request']} µs CPU/request")
     limits["receivers"] = receivers
+    speed["after"] = vm_speed.probe()
+    limits["probe_ms"] = speed
     return limits
 
 
@@ -295,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                 warmup, limits, scenarios, pairs = run_pipeline(args, bootstrap, broker_pid, work)
             if with_peers:
                 say(f"peers: each system drains {args.peers_events:,} events alone")
+                speed = {"before": vm_speed.probe()}
                 peers = asyncio.run(PeersRun(bootstrap=bootstrap, work=work / "peers", events=args.peers_events,
                                              systems=args.peers_systems.split(","), partitions=args.partitions,
                                              stall_s=args.stall_s, seed=args.seed, broker_pid=broker_pid,
                                              akece_processes=args.peers_akece_processes, say=say).run())
+                peers["probe_ms"] = {**speed, "after": vm_speed.probe()}
     finally:
         if args.keep_work:
             say(f"work directory kept: {work}")

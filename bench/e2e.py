@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 from aiokafka.errors import KafkaError
 
+from bench import vm_speed
 from bench.fixtures import delete_topics, running_store
 from bench.limits import JitMeter, cpu_seconds, machine_busy_seconds, peak_rss_mb
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, stop_process
@@ -393,13 +394,29 @@ def latency_by_second(expected: dict[str, str], published: dict[str, float],
     return rows
 
 
+def with_speed(by_second: list[dict[str, float]], cpu_rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Each second's row of a paced run with the machine's speed in it (``probe_ms``: the median of the
+    CPU timeline's probes that ended within it; absent where none did)."""
+    probes: dict[int, list[float]] = {}
+    for row in cpu_rows:
+        if "probe_ms" in row:
+            probes.setdefault(int(max(0.0, row["s"] - 1e-6)), []).append(row["probe_ms"])
+    for row in by_second:
+        found = sorted(probes.get(int(row["s"]), ()))
+        if found:
+            row["probe_ms"] = round(percentile(found, 0.5), 3)
+    return by_second
+
+
 CPU_SAMPLE_S = 0.25  # a paced run's CPU timeline: cores per process group in each quarter second
 
 
 async def sample_cpu(pids: dict[str, list[int]], rows: list[dict[str, float]], origin: float) -> None:
     """Until cancelled, append the cores each group of ``pids`` and the whole machine used in every
-    ``CPU_SAMPLE_S`` (``s``: seconds since ``origin`` at the sample's end). A latency tail gathered in a
-    few seconds can then be matched to who was busy: a machine at two full cores, a broker's burst."""
+    ``CPU_SAMPLE_S`` (``s``: seconds since ``origin`` at the sample's end), and the machine's speed then
+    (``probe_ms``: ``vm_speed.probe`` once, about half a millisecond of CPU). A latency tail gathered in
+    a few seconds can then be matched to who was busy (a machine at two full cores, a broker's burst) and
+    to a slower period of the machine itself."""
     last, busy, at = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds(), time.time()
     while True:
         await asyncio.sleep(CPU_SAMPLE_S)
@@ -407,7 +424,8 @@ async def sample_cpu(pids: dict[str, list[int]], rows: list[dict[str, float]], o
         span = max(now - at, 1e-3)
         current, machine = {name: cpu_seconds(group) for name, group in pids.items()}, machine_busy_seconds()
         rows.append({"s": round(now - origin, 2), "machine": round((machine - busy) / span, 2),
-                     **{name: round(max(0.0, current[name] - last[name]) / span, 2) for name in pids}})
+                     **{name: round(max(0.0, current[name] - last[name]) / span, 2) for name in pids},
+                     "probe_ms": vm_speed.probe(tries=1)})
         last, busy, at = current, machine, now
 
 
@@ -679,6 +697,7 @@ class ScenarioRun:
         if config.broker_pid:
             pids["kafka"] = [config.broker_pid]
         snaps = Snapshots(pids)
+        speed = {"before_drain": vm_speed.probe()}  # the machine's speed, ms (lower is faster)
         snaps.take("start")
         started = time.time()
         await self.start_pipeline()
@@ -718,7 +737,10 @@ class ScenarioRun:
         paced_held: set[str] = set()
         result["paced"] = None
         if rate > 0 and reason == "complete" and config.paced_s > 0:
+            speed["before_paced"] = vm_speed.probe()
             result["paced"], paced_expected, paced_held = await self._paced(log, rate, snaps)
+            speed["after_paced"] = vm_speed.probe()
+        result["probe_ms"] = speed
         result["processes"] = self._process_stats(snaps)
         result["metrics"] = {r.name: await scrape_totals(r) for r in self.roles}
         await asyncio.sleep(0.3)
@@ -761,7 +783,7 @@ class ScenarioRun:
         routed = (await read_deliveries(self.settings, [deliveries_topic], offsets))[deliveries_topic]
         stages = stage_latencies(expected, stamps, routed, log.first)
         latencies = sorted((log.first[d] - stamps[e]) * 1000 for d, e in expected.items() if d in log.first)
-        by_second = latency_by_second(expected, stamps, log.first)
+        by_second = with_speed(latency_by_second(expected, stamps, log.first), cpu_rows)
         worst = sorted(by_second, key=lambda row: row["p99"], reverse=True)[:3]
         latency = {"p50": round(percentile(latencies, 0.50), 1), "p95": round(percentile(latencies, 0.95), 1),
                    "p99": round(percentile(latencies, 0.99), 1),

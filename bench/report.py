@@ -255,6 +255,10 @@ def notes(result: dict[str, Any]) -> list[str]:
              if isinstance(v, dict) and v.get("other_load_cores")}
     if noisy:
         out.append(f"- limits: other processes used {noisy} cores while they were measured.")
+    if result["limits"].get("probe_ms"):
+        out.append("- machine speed probe around the bounds (`bench/vm_speed.py`: ms of CPU for one fixed piece of "
+                   "work, lower is faster; this VM's moves by up to 2x within minutes): "
+                   + ", ".join(f"{k} {v:g}" for k, v in result["limits"]["probe_ms"].items()) + ".")
     warmup = result["config"].get("warmup") or {}
     if warmup.get("each"):
         rounds = ", ".join(f"{w['drain_per_s']:,}/s" + (f" (JIT {w['broker_jit_cpu_s']} s)"
@@ -276,6 +280,9 @@ def notes(result: dict[str, Any]) -> list[str]:
         paced = s.get("paced") or {}
         if paced.get("broker_jit_cpu_s"):
             bits.append(f"the broker's JIT compiler used {paced['broker_jit_cpu_s']} s of CPU in the paced run")
+        speed = s.get("probe_ms") or {}
+        if speed:
+            bits.append(speed_note(speed, paced))
         if d.get("ready_s") is not None:
             bits.append(f"ready in {d['ready_s']} s, last arrival at {d.get('last_arrival_s')} s")
         if parked.get("retried") or parked.get("dead_lettered"):
@@ -292,6 +299,10 @@ def notes(result: dict[str, Any]) -> list[str]:
         if codes:
             bits.append(f"exit codes: {codes}")
         out.append(f"- {s['name']}: " + "; ".join(bits) + ".")
+    peer_speed = (result.get("peers") or {}).get("probe_ms")
+    if peer_speed:
+        out.append("- machine speed probe around the peers (ms): "
+                   + ", ".join(f"{k} {v:g}" for k, v in peer_speed.items()) + ".")
     for p in (result.get("peers") or {}).get("systems", []):
         if p.get("skipped"):
             continue
@@ -306,6 +317,21 @@ def notes(result: dict[str, Any]) -> list[str]:
                         f"{f' {tiers}' if tiers else ''}, {parked['dead_lettered']:,} to the DLQ")
         out.append(f"- peers, {p['system']}: " + "; ".join(bits) + ".")
     return out
+
+
+def speed_note(speed: dict[str, float], paced: dict[str, Any]) -> str:
+    """The machine's speed around a scenario (``bench.vm_speed``: ms of CPU for one fixed piece of work,
+    lower is faster), and during its paced run: the median of its probes and of its three worst seconds'."""
+    idle = ", ".join(f"{moment.replace('_', ' ')} {value:g}" for moment, value in speed.items())
+    text = f"machine speed probe (ms, lower is faster): {idle}"
+    probes = sorted(row["probe_ms"] for row in paced.get("cpu_timeline") or () if "probe_ms" in row)
+    if probes:
+        worst = sorted((row for row in paced.get("latency_by_second_ms") or () if "probe_ms" in row),
+                       key=lambda row: row["p99"], reverse=True)[:3]
+        text += f"; during the paced run {probes[len(probes) // 2]:g}"
+        if worst:
+            text += " (its worst seconds: " + ", ".join(f"{row['probe_ms']:g}" for row in worst) + ")"
+    return text
 
 
 # ------------------------------------------------------------------ profiles

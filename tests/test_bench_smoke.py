@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,8 +16,9 @@ import pytest
 
 from bench import report
 from bench.__main__ import KEEP_PAIRS, WARMUP_MAX_ROUNDS, WARMUP_MIN_ROUNDS, WARMUP_QUIET_JIT_S, parse, warmed
-from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline
+from bench.e2e import Workload, latency_by_second, percentile, sample_cpu, steady_rate, timeline, with_speed
 from bench.receivers import ArrivalLog, Nginx, PyReceiver, nginx_binary
+from bench.vm_speed import probe
 from services.contract.deliveries import delivery_id
 from services.devtools.ports import free_port
 from services.shared.processes import cpu_count
@@ -98,7 +101,13 @@ def fake_result() -> dict[str, Any]:
                 "drain": {"expected": 1000, "delivered": 1000, "sustained_per_s": rate, "timeline": [rate] * 3,
                           "stopped_because": "complete", "ready_s": 1.0, "last_arrival_s": 4.0,
                           "cpu_us_per_delivery": {"router": 50.0, "delivery": 250.0}},
-                "paced": {"target_per_s": rate // 2, "latency_ms": {"p50": 5.0, "p95": 20.0, "p99": p99}},
+                "paced": {"target_per_s": rate // 2, "latency_ms": {"p50": 5.0, "p95": 20.0, "p99": p99},
+                          "cpu_timeline": [{"s": 0.25, "machine": 1.0, "probe_ms": 0.5},
+                                           {"s": 0.5, "machine": 1.9, "probe_ms": 0.9},
+                                           {"s": 0.75, "machine": 1.2, "probe_ms": 0.6}],
+                          "latency_by_second_ms": [{"s": 0, "n": 10, "p50": 4.0, "p99": p99, "max": p99,
+                                                    "probe_ms": 0.6}]},
+                "probe_ms": {"before_drain": 0.45, "before_paced": 0.47, "after_paced": 0.8},
                 "processes": {"router": {"cpu_s": 1.0, "peak_rss_mb": 80.0},
                               "delivery": {"cpu_s": 3.0, "peak_rss_mb": 110.0}},
                 "missing_total": 0, "duplicates": 0, "held": {"deliveries": 50, "attempts_seen": 20},
@@ -107,7 +116,8 @@ def fake_result() -> dict[str, Any]:
     limits = {"kafka": {"per_s": 20000, "produce_per_s": 25000, "consume_per_s": 100000, "records": 1000,
                         "avg_record_bytes": 2400},
               "http": {"per_s": 10000, "concurrency": 64, "client_cpu_us_per_request": 80.0},
-              "receivers": {"nginx": {"capacity_per_s": 150000, "detail": "cpu"}}}
+              "receivers": {"nginx": {"capacity_per_s": 150000, "detail": "cpu"}},
+              "probe_ms": {"before": 0.46, "after": 0.5}}
     meta = {"date": "2026-01-01", "machine": {"cpus": 2, "cpu_model": "test", "memory_gb": 4, "os": "Linux",
                                               "python": "3.11", "aiokafka": "0.14", "aiohttp": "3.9",
                                               "uvloop": None, "kafka": "4.1.1"},
@@ -136,6 +146,37 @@ def test_paced_latency_by_second_of_publishing() -> None:
     assert latency_by_second({}, {}, {}) == []
 
 
+def test_each_paced_second_carries_the_machine_speed_of_its_probes() -> None:
+    """The probes of the CPU timeline (one per quarter second, stamped at its end) join the second they
+    ended in: the median of them; a second without a probe gets none."""
+    by_second = [{"s": 0, "p99": 10.0}, {"s": 1, "p99": 300.0}, {"s": 2, "p99": 12.0}]
+    cpu_rows = [{"s": 0.25, "probe_ms": 0.5}, {"s": 0.5, "probe_ms": 0.4}, {"s": 1.0, "probe_ms": 0.45},
+                {"s": 1.25, "probe_ms": 0.9}, {"s": 1.5, "probe_ms": 1.0}, {"s": 1.75, "probe_ms": 0.95},
+                {"s": 3.25, "probe_ms": 0.5}, {"s": 3.5, "machine": 1.0}]
+    rows = with_speed(by_second, cpu_rows)
+    assert [row.get("probe_ms") for row in rows] == [0.45, 0.95, None]
+
+
+def test_the_speed_probe_counts_cpu_for_its_fixed_work() -> None:
+    """More of the fixed work takes more CPU, and a wait for a core is not counted: with four times as many
+    busy processes as cores, the probe waits most of its wall time, and its figure stays the machine's."""
+    small, large = probe(records=50, tries=3), probe(records=400, tries=3)  # a try of the large: several slices
+    assert small > 0 and large > 4 * small
+    spin = [sys.executable, "-c", "while True: sum(range(1000))"]
+    spinners = [subprocess.Popen(spin) for _ in range(4 * cpu_count())]
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        crowded = probe(records=400, tries=3)
+        wall = time.perf_counter() - started
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert wall * 1000 > 2.5 * 3 * crowded  # it waited for a core most of the time ...
+    assert crowded < 2.5 * large  # ... which it leaves out (this VM's own speed moves by up to 2x)
+
+
 async def test_cpu_timeline_samples_each_group_until_cancelled() -> None:
     rows: list[dict[str, float]] = []
     sampler = asyncio.ensure_future(sample_cpu({"me": [os.getpid()], "gone": [2**22 + 7]}, rows, time.time()))
@@ -145,8 +186,8 @@ async def test_cpu_timeline_samples_each_group_until_cancelled() -> None:
         await asyncio.sleep(0)
     sampler.cancel()
     assert len(rows) >= 2 and [row["s"] for row in rows] == sorted(row["s"] for row in rows)
-    assert all(set(row) == {"s", "machine", "me", "gone"} for row in rows)
-    assert all(row["gone"] == 0 and row["machine"] >= 0 for row in rows)
+    assert all(set(row) == {"s", "machine", "me", "gone", "probe_ms"} for row in rows)
+    assert all(row["gone"] == 0 and row["machine"] >= 0 and row["probe_ms"] > 0 for row in rows)
     assert max(row["me"] for row in rows) > 0.3  # this test spun a core meanwhile
 
 
@@ -166,6 +207,10 @@ def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
     assert "warm-up: 3 unreported instant rounds before the bounds: drains 6,130/s (JIT 5.56 s), " in text
     assert "keep pairs (drains only, seconds apart, after the scenarios): instant first: instant 4,000/s, " \
            "hang5 3,480/s; hang5 first: " in text
+    assert "machine speed probe around the bounds (`bench/vm_speed.py`: ms of CPU for one fixed piece of work, " \
+           "lower is faster; this VM's moves by up to 2x within minutes): before 0.46, after 0.5." in text
+    assert "machine speed probe (ms, lower is faster): before drain 0.45, before paced 0.47, after paced 0.8; " \
+           "during the paced run 0.6 (its worst seconds: 0.6)" in text
     assert json.loads(paths["json"].read_text())["scenarios"][0]["name"] == "instant"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
