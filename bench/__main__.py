@@ -25,6 +25,10 @@ Peers (``bench.peers``; part of a full run, skipped by ``--quick`` and ``--no-pe
 committing after each 2xx) and a naive aiokafka + aiohttp loop each drain the same backlog of
 ``--peers-events`` Chatwoot ``message_created`` events to one webhook (nginx): drain rate from
 process start, CPU per delivery, peak RSS, and the ratios.
+
+The machine's own speed (``bench.vm_speed``) is probed beside the bounds, around each drain and paced
+run, around the peers and every quarter second of a paced run: on a VM whose cores change speed by up
+to 2x from second to second, a figure means something only beside the speed it was measured at.
 """
 
 from __future__ import annotations
