@@ -257,7 +257,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         out.append(f"- limits: other processes used {noisy} cores while they were measured.")
     if result["limits"].get("probe_ms"):
         out.append("- machine speed probe around the bounds (`bench/vm_speed.py`: ms of CPU for one fixed piece of "
-                   "work, lower is faster; this VM's moves by up to 2x within minutes): "
+                   "work, lower is faster; this VM's moves by up to 2x from second to second): "
                    + ", ".join(f"{k} {v:g}" for k, v in result["limits"]["probe_ms"].items()) + ".")
     warmup = result["config"].get("warmup") or {}
     if warmup.get("each"):

@@ -1,14 +1,17 @@
 """How fast this machine's CPU is right now: one fixed piece of the pipeline's kind of work, timed in
 this thread's CPU time.
 
-The 2-core VMs these benchmarks run on change speed by 20-40% within an hour with nothing else
-running: the same code's CPU per delivery moves with it, and the guest reports no steal time (`vmstat`'s
-``st`` stays 0), so nothing else in a result shows it. ``probe()`` times a fixed workload (decode and
-encode a Chatwoot event with orjson, sign it twice with HMAC-SHA256, build a header list and a dict
-per record: the worker's kind of work) in CPU time, the fastest of a few tries, with the machine
-otherwise idle. ``make bench`` probes beside the bounds, before each scenario's drain, before its paced
-run and after it, and before the peers: a figure that moved by a fifth between two probes came in a
-slower (or faster) period of the machine, not from the code.
+The 2-core VM these benchmarks run on changes speed by up to 2x from one second to the next with
+nothing else running, each vCPU on its own (docs/performance.md, eleventh session): the same code's CPU
+per delivery moves with it, and the guest reports no steal time (`vmstat`'s ``st`` stays 0), so nothing
+else in a result shows it.
+
+``probe()`` times a fixed workload in CPU time: for each of 25 records, decode and re-encode a Chatwoot
+event with orjson, sign it twice with HMAC-SHA256, build a header list and a dict (the worker's kind of
+work). It returns the median of its tries, in ms; lower is faster. ``make bench`` probes with the machine
+otherwise idle beside the bounds, before each scenario's drain, before and after its paced run, and
+around the peers, and once every quarter second of a paced run (``tries=1``: about half a millisecond).
+A figure that moved between two runs while the probes moved with it came from the machine, not the code.
 """
 
 from __future__ import annotations

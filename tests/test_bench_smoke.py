@@ -174,7 +174,7 @@ def test_the_speed_probe_counts_cpu_for_its_fixed_work() -> None:
             proc.kill()
             proc.wait()
     assert wall * 1000 > 2.5 * 3 * crowded  # it waited for a core most of the time ...
-    assert crowded < 2.5 * large  # ... which it leaves out (this VM's own speed moves by up to 2x)
+    assert crowded < 3 * large  # ... which it leaves out (this VM's own speed moves by up to 2x)
 
 
 async def test_cpu_timeline_samples_each_group_until_cancelled() -> None:
@@ -208,7 +208,7 @@ def test_report_renders_targets_markdown_and_plot(tmp_path: Path) -> None:
     assert "keep pairs (drains only, seconds apart, after the scenarios): instant first: instant 4,000/s, " \
            "hang5 3,480/s; hang5 first: " in text
     assert "machine speed probe around the bounds (`bench/vm_speed.py`: ms of CPU for one fixed piece of work, " \
-           "lower is faster; this VM's moves by up to 2x within minutes): before 0.46, after 0.5." in text
+           "lower is faster; this VM's moves by up to 2x from second to second): before 0.46, after 0.5." in text
     assert "machine speed probe (ms, lower is faster): before drain 0.45, before paced 0.47, after paced 0.8; " \
            "during the paced run 0.6 (its worst seconds: 0.6)" in text
     assert json.loads(paths["json"].read_text())["scenarios"][0]["name"] == "instant"
