@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import random
 import re
@@ -396,11 +397,11 @@ def latency_by_second(expected: dict[str, str], published: dict[str, float],
 
 def with_speed(by_second: list[dict[str, float]], cpu_rows: list[dict[str, float]]) -> list[dict[str, float]]:
     """Each second's row of a paced run with the machine's speed in it (``probe_ms``: the median of the
-    CPU timeline's probes that ended within it; absent where none did)."""
+    CPU timeline's probes that ended within it, a probe stamped 1.0 ending second 0; absent where none did)."""
     probes: dict[int, list[float]] = {}
     for row in cpu_rows:
         if "probe_ms" in row:
-            probes.setdefault(int(max(0.0, row["s"] - 1e-6)), []).append(row["probe_ms"])
+            probes.setdefault(math.ceil(row["s"]) - 1, []).append(row["probe_ms"])
     for row in by_second:
         found = sorted(probes.get(int(row["s"]), ()))
         if found:

@@ -258,7 +258,7 @@ def notes(result: dict[str, Any]) -> list[str]:
     if result["limits"].get("probe_ms"):
         out.append("- machine speed probe around the bounds (`bench/vm_speed.py`: ms of CPU for one fixed piece of "
                    "work, lower is faster; this VM's moves by up to 2x from second to second): "
-                   + ", ".join(f"{k} {v:g}" for k, v in result["limits"]["probe_ms"].items()) + ".")
+                   f"{_probes(result['limits']['probe_ms'])}.")
     warmup = result["config"].get("warmup") or {}
     if warmup.get("each"):
         rounds = ", ".join(f"{w['drain_per_s']:,}/s" + (f" (JIT {w['broker_jit_cpu_s']} s)"
@@ -301,8 +301,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         out.append(f"- {s['name']}: " + "; ".join(bits) + ".")
     peer_speed = (result.get("peers") or {}).get("probe_ms")
     if peer_speed:
-        out.append("- machine speed probe around the peers (ms): "
-                   + ", ".join(f"{k} {v:g}" for k, v in peer_speed.items()) + ".")
+        out.append(f"- machine speed probe around the peers (ms): {_probes(peer_speed)}.")
     for p in (result.get("peers") or {}).get("systems", []):
         if p.get("skipped"):
             continue
@@ -319,11 +318,15 @@ def notes(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _probes(speed: dict[str, float]) -> str:
+    """Probes taken at named moments, as ``before drain 0.45, before paced 0.47``."""
+    return ", ".join(f"{moment.replace('_', ' ')} {value:g}" for moment, value in speed.items())
+
+
 def speed_note(speed: dict[str, float], paced: dict[str, Any]) -> str:
     """The machine's speed around a scenario (``bench.vm_speed``: ms of CPU for one fixed piece of work,
     lower is faster), and during its paced run: the median of its probes and of its three worst seconds'."""
-    idle = ", ".join(f"{moment.replace('_', ' ')} {value:g}" for moment, value in speed.items())
-    text = f"machine speed probe (ms, lower is faster): {idle}"
+    text = f"machine speed probe (ms, lower is faster): {_probes(speed)}"
     probes = sorted(row["probe_ms"] for row in paced.get("cpu_timeline") or () if "probe_ms" in row)
     if probes:
         worst = sorted((row for row in paced.get("latency_by_second_ms") or () if "probe_ms" in row),
